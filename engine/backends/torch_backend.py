@@ -1,0 +1,105 @@
+"""The PyTorch eager backend: the reference, on CPU or CUDA."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engine.backends.base import Backend, BackendOptions, BatchInputs, register_backend
+from engine.model.attention import AttentionMetadata, PagedKVCache, PrefillSpan
+from engine.model.llama import LlamaModel
+from engine.model_source import ModelBundle
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@register_backend("torch")
+class TorchBackend(Backend):
+    """Eager LlamaModel with per-layer paged K/V pools."""
+
+    def __init__(self, bundle: ModelBundle, options: BackendOptions) -> None:
+        super().__init__(bundle, options)
+        if options.quantization != "none":
+            raise ValueError(f"backend torch has no quantization mode {options.quantization!r}")
+        if options.dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {options.dtype!r}; use one of {sorted(_DTYPES)}")
+        if options.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError("device cuda requested but no CUDA device is visible")
+        if options.num_threads:
+            torch.set_num_threads(options.num_threads)
+        self.device = torch.device(options.device)
+        self.dtype = _DTYPES[options.dtype]
+        cfg = bundle.config
+        model = LlamaModel(cfg, max_positions=options.max_model_len)
+        model.load_hf_weights(bundle.weights)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        # RoPE tables stay float32 so positions far out keep their precision.
+        self.model.rotary.float()
+        self.caches: list[PagedKVCache] = []
+
+    def kv_bytes_per_block(self, block_size: int) -> int:
+        cfg = self.bundle.config
+        return cfg.kv_bytes_per_token(self.dtype.itemsize) * block_size
+
+    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
+        cfg = self.bundle.config
+        self.caches = []  # release the old pool before taking the new one
+        self.caches = [
+            PagedKVCache(
+                num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim, self.dtype, self.device
+            )
+            for _ in range(cfg.num_hidden_layers)
+        ]
+        self.num_blocks, self.block_size = num_blocks, block_size
+
+    def available_memory(self) -> int | None:
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return int(free)
+        return None
+
+    @torch.inference_mode()
+    def forward(self, inputs: BatchInputs) -> torch.Tensor:
+        dev = self.device
+        meta = self._metadata(inputs)
+        logits = self.model(
+            torch.from_numpy(inputs.token_ids).to(dev),
+            torch.from_numpy(inputs.positions).to(dev),
+            torch.from_numpy(inputs.logits_indices).to(dev),
+            self.caches,
+            meta,
+        )
+        return logits.cpu()
+
+    def _metadata(self, inputs: BatchInputs) -> AttentionMetadata:
+        """Split the flat batch into one batched decode group and per-sequence prefills."""
+        dev, bs = self.device, self.block_size
+        qsl, ctx = inputs.query_start_loc, inputs.context_lens
+        q_lens = np.diff(qsl)
+        is_decode = q_lens == 1
+        dec = np.nonzero(is_decode)[0]
+        max_blocks = int(-(-ctx[dec].max() // bs)) if dec.size else 0
+        dec_ctx = torch.from_numpy(ctx[dec])
+        key_pos = torch.arange(max_blocks * bs)
+        mask = (key_pos.unsqueeze(0) < dec_ctx.unsqueeze(1)).view(len(dec), 1, 1, max_blocks * bs)
+        prefills = [
+            PrefillSpan(
+                token_start=int(qsl[i]),
+                num_tokens=int(q_lens[i]),
+                context_len=int(ctx[i]),
+                block_ids=torch.from_numpy(
+                    inputs.block_tables[i, : -(-int(ctx[i]) // bs)].copy()
+                ).to(dev),
+            )
+            for i in np.nonzero(~is_decode)[0]
+        ]
+        return AttentionMetadata(
+            slot_mapping=torch.from_numpy(inputs.slot_mapping).to(dev),
+            decode_rows=torch.from_numpy(qsl[dec]).to(dev),
+            decode_block_tables=torch.from_numpy(
+                np.ascontiguousarray(inputs.block_tables[dec, :max_blocks])
+            ).to(dev),
+            decode_mask=mask.to(dev),
+            prefills=prefills,
+            num_decodes=int(dec.size),
+        )

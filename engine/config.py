@@ -1,0 +1,119 @@
+"""Engine settings: one pydantic-settings root composed of one model per concern.
+
+Every leaf field is a CLI flag (``--max-num-seqs``; see tessera.cli_args) and an
+environment variable (``TESSERA_SCHEDULER__MAX_NUM_SEQS``); flags win over the
+environment, which wins over the defaults documented here.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '512MiB', '2GiB', '1.5G', '1000000' (binary units for the 'i' forms)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (try 512MiB or 2GiB)")
+    number, unit = float(m.group(1)), (m.group(2) or "").lower().rstrip("b")
+    if unit.endswith("i"):
+        return int(number * 1024 ** ("kmgt".index(unit[0]) + 1))
+    return int(number * _UNITS[unit])
+
+
+class ModelConfig(BaseModel):
+    """Which weights to load and how long a sequence may be."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    path: str = Field(
+        "",
+        description="GGUF file, Hugging Face directory, or dummy:<preset|json>; "
+        "empty means the bundled SmolLM2-135M-Instruct",
+        json_schema_extra={"flag": "model"},
+    )
+    cache_dir: Path | None = Field(
+        None, description="where converted weights are cached (default ~/.cache/tessera)"
+    )
+    seed: int = Field(
+        0,
+        description="seed for dummy weights and unseeded sampling",
+        json_schema_extra={"flag": "model_seed"},
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, description="context length cap (default: the model's own)"
+    )
+
+
+class CacheConfig(BaseModel):
+    """The paged KV cache."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    block_size: int = Field(16, ge=1, le=256, description="tokens per KV block")
+    kv_cache_memory: str = Field(
+        "auto",
+        description="KV pool size, e.g. 2GiB; auto = 90% of free GPU memory after warm-up, "
+        "or a quarter of available RAM (at most 4GiB) on CPU",
+    )
+    enable_prefix_caching: bool = Field(True, description="reuse KV of shared prompt prefixes")
+
+    @field_validator("kv_cache_memory")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        if v != "auto":
+            parse_size(v)
+        return v
+
+
+class SchedulerConfig(BaseModel):
+    """Continuous batching limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_num_seqs: int = Field(64, ge=1, description="cap on sequences running in one step")
+    max_num_batched_tokens: int = Field(
+        512, ge=1, description="token budget per step (prefill chunks + decodes)"
+    )
+    max_waiting: int = Field(
+        1024, ge=0, description="waiting-queue bound; beyond it requests are refused at once"
+    )
+    long_prefill_token_threshold: int = Field(
+        0, ge=0, description="cap on one prefill chunk per step (0 = the whole budget)"
+    )
+    policy: Literal["fcfs", "priority"] = Field("fcfs", description="admission order")
+
+
+class BackendConfig(BaseModel):
+    """Which backend runs the model, on what, at what precision."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("torch", description="backend: torch", json_schema_extra={"flag": "backend"})
+    quantization: Literal["none"] = Field("none", description="weight quantization")
+    device: str = Field("auto", description="cpu, cuda, cuda:N, or auto (cuda if present)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="activation/KV dtype; auto = float32 on CPU, bfloat16 on CUDA"
+    )
+    num_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
+
+
+class EngineConfig(BaseSettings):
+    """Root of the engine's settings, shared by `tessera generate`, `engine` and `serve`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TESSERA_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    backend: BackendConfig = Field(default_factory=BackendConfig)

@@ -1,0 +1,228 @@
+"""The synchronous engine: add requests, step, read outputs. One step = three calls."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+
+import torch
+
+from engine.backends import Backend, BackendOptions, create_backend
+from engine.config import EngineConfig
+from engine.detokenizer import IncrementalDetokenizer
+from engine.errors import InvalidRequestError, PromptTooLongError
+from engine.kv_cache import KVCacheManager
+from engine.model_source import ModelBundle, load_model
+from engine.output_processor import OutputProcessor, RequestState
+from engine.outputs import Completion, RequestOutput, RequestResult, RequestTimings
+from engine.runner import ModelRunner
+from engine.sampler import Sampler
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler, SchedulerLimits, SchedulingPolicy
+from engine.sequence import Sequence
+from engine.warmup import EngineCapacity, kv_pool_blocks, warm_up
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """Load figures for routing and metrics, read between steps."""
+
+    num_running: int
+    num_waiting: int
+    kv_usage: float
+    num_free_blocks: int
+    num_blocks: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    num_preemptions: int
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class LLMEngine:
+    """Continuous-batching engine over a paged KV cache, driven one step at a time."""
+
+    def __init__(self, config: EngineConfig, bundle: ModelBundle | None = None) -> None:
+        self.config = config
+        t0 = time.perf_counter()
+        self.bundle = bundle or load_model(
+            config.model.path or None, config.model.cache_dir, seed=config.model.seed
+        )
+        load_seconds = time.perf_counter() - t0 if bundle is None else bundle.load_seconds
+        self.tokenizer = self.bundle.tokenizer
+        arch = self.bundle.config
+        self.max_model_len = min(
+            arch.max_position_embeddings, config.model.max_model_len or arch.max_position_embeddings
+        )
+        device = resolve_device(config.backend.device)
+        dtype = config.backend.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        self.backend: Backend = create_backend(
+            config.backend.name,
+            self.bundle,
+            BackendOptions(
+                device=device,
+                dtype=dtype,
+                quantization=config.backend.quantization,
+                num_threads=config.backend.num_threads,
+                max_model_len=self.max_model_len,
+            ),
+        )
+        cache, sched = config.cache, config.scheduler
+        t1 = time.perf_counter()
+        warm_tokens = min(sched.max_num_batched_tokens, self.max_model_len)
+        _, prefill_tps = warm_up(self.backend, warm_tokens, cache.block_size)
+        num_blocks = kv_pool_blocks(self.backend, cache, self.max_model_len)
+        self.backend.allocate_kv_cache(num_blocks, cache.block_size)
+        self.capacity = EngineCapacity(
+            backend=config.backend.name,
+            device=device,
+            dtype=dtype,
+            num_blocks=num_blocks,
+            block_size=cache.block_size,
+            kv_cache_bytes=num_blocks * self.backend.kv_bytes_per_block(cache.block_size),
+            max_model_len=self.max_model_len,
+            max_num_seqs=sched.max_num_seqs,
+            max_num_batched_tokens=sched.max_num_batched_tokens,
+            max_concurrent_full_context=num_blocks * cache.block_size / self.max_model_len,
+            warmup_seconds=time.perf_counter() - t1,
+            warmup_prefill_tokens_per_second=prefill_tps,
+            model_load_seconds=load_seconds,
+        )
+        self.kv = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
+        limits = SchedulerLimits(
+            max_num_seqs=sched.max_num_seqs,
+            max_num_batched_tokens=sched.max_num_batched_tokens,
+            max_waiting=sched.max_waiting,
+            long_prefill_token_threshold=sched.long_prefill_token_threshold,
+            policy=SchedulingPolicy(sched.policy),
+        )
+        self.scheduler = Scheduler(limits, self.kv)
+        sampler = Sampler(torch.Generator().manual_seed(config.model.seed))
+        self.runner = ModelRunner(self.backend, cache.block_size, sampler)
+        self.outputs = OutputProcessor(self.scheduler)
+        self._seq_ids = itertools.count()
+        self._request_ids = itertools.count()
+
+    # ---- requests --------------------------------------------------------
+    def tokenize_prompt(self, prompt: str | Seq[int]) -> list[int]:
+        """Token ids of a text or token-id prompt, checked against vocabulary and context."""
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+        else:
+            ids = [int(t) for t in prompt]
+            vocab = self.bundle.config.vocab_size
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise InvalidRequestError(f"token id {bad[0]} is outside the vocabulary [0, {vocab})")
+        if not ids:
+            raise InvalidRequestError("the prompt is empty")
+        if len(ids) >= self.max_model_len:
+            raise PromptTooLongError(
+                f"the prompt has {len(ids)} tokens; this model's context length is "
+                f"{self.max_model_len}, leaving no room to generate"
+            )
+        return ids
+
+    def add_request(
+        self,
+        prompt: str | Seq[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        priority: int = 0,
+    ) -> str:
+        """Queue a request (n sequences); raises InvalidRequestError or QueueFullError."""
+        params = params or SamplingParams()
+        rid = request_id if request_id is not None else f"req-{next(self._request_ids)}"
+        if rid in self.outputs.requests:
+            raise InvalidRequestError(f"request id {rid!r} is already in flight")
+        ids = self.tokenize_prompt(prompt)
+        eos = tuple(self.tokenizer.eos_token_ids)
+        seqs = [
+            Sequence(
+                next(self._seq_ids),
+                rid,
+                ids,
+                params,
+                index=i,
+                priority=priority,
+                eos_token_ids=eos,
+                max_total_tokens=self.max_model_len,
+            )
+            for i in range(params.n)
+        ]
+        self.scheduler.add(seqs)
+        detoks = [
+            IncrementalDetokenizer(self.tokenizer, ids, params.stop, params.skip_special_tokens)
+            for _ in seqs
+        ]
+        self.outputs.add(RequestState(rid, seqs, detoks, seqs[0].timings.arrival))
+        return rid
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now and free its blocks; returns its final output if it was live."""
+        state = self.outputs.requests.get(request_id)
+        if state is None:
+            return None
+        self.scheduler.abort(state.seqs)
+        return self.outputs.abort_outputs(request_id)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.num_unfinished > 0
+
+    # ---- the loop --------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Schedule, execute, update; then turn the updates into request outputs."""
+        scheduler_output = self.scheduler.schedule()
+        runner_output = self.runner.execute(scheduler_output)
+        updates = self.scheduler.update(scheduler_output, runner_output)
+        return self.outputs.process(updates)
+
+    def stats(self) -> EngineStats:
+        s = self.kv.stats
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_usage=self.kv.usage,
+            num_free_blocks=self.kv.num_free_blocks,
+            num_blocks=self.kv.num_blocks,
+            prefix_cache_queries=s.queries,
+            prefix_cache_hits=s.hits,
+            num_preemptions=self.scheduler.num_preemptions,
+        )
+
+    def generate(
+        self,
+        prompts: Seq[str | Seq[int]],
+        params: SamplingParams | Seq[SamplingParams] | None = None,
+    ) -> list[RequestResult]:
+        """Run prompts to completion together; results in prompt order."""
+        plist = (
+            list(params)
+            if isinstance(params, (list, tuple))
+            else [params or SamplingParams()] * len(prompts)
+        )
+        results: dict[str, RequestResult] = {}
+        order = []
+        for prompt, p in zip(prompts, plist, strict=True):
+            rid = self.add_request(prompt, p)
+            state = self.outputs.requests[rid]
+            results[rid] = RequestResult(
+                rid,
+                state.seqs[0].prompt_token_ids,
+                [Completion(i) for i in range(p.n)],
+                0,
+                RequestTimings(),
+            )
+            order.append(rid)
+        while self.has_unfinished():
+            for out in self.step():
+                results[out.request_id].absorb(out)
+        return [results[rid] for rid in order]

@@ -1,0 +1,121 @@
+"""The Llama-family decoder, written once for paged attention over flat batches."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.model.attention import AttentionMetadata, PagedKVCache, paged_attention
+from engine.model.rope import RotaryEmbedding, apply_rope
+from engine.model_source.arch import LlamaArchConfig
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in float32, as the reference does."""
+
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size), requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var = x.float().pow(2).mean(-1, keepdim=True)
+        return self.weight * (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm attention block and SwiGLU MLP, with fused QKV and gate/up projections."""
+
+    def __init__(self, cfg: LlamaArchConfig) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.split = (q, kv, kv)
+        self.qkv_proj = nn.Linear(cfg.hidden_size, q + 2 * kv, bias=False)
+        self.o_proj = nn.Linear(q, cfg.hidden_size, bias=False)
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(
+        self,
+        h: torch.Tensor,  # [num_tokens, hidden]
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: PagedKVCache,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        n = h.shape[0]
+        x = self.input_layernorm(h)
+        q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
+        q = apply_rope(q.view(n, self.num_heads, self.head_dim), cos, sin)
+        k = apply_rope(k.view(n, self.num_kv_heads, self.head_dim), cos, sin)
+        v = v.view(n, self.num_kv_heads, self.head_dim)
+        attn = paged_attention(q, k, v, cache, meta)  # [n, heads, head_dim]
+        h = h + self.o_proj(attn.reshape(n, -1))
+        x = self.post_attention_layernorm(h)
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return h + self.down_proj(F.silu(gate) * up)
+
+
+class LlamaModel(nn.Module):
+    """Embeddings, decoder layers, final norm and LM head over a flat token batch."""
+
+    def __init__(self, cfg: LlamaArchConfig, max_positions: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.rotary = RotaryEmbedding(
+            cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling
+        )
+        self.requires_grad_(False)
+
+    def forward(
+        self,
+        token_ids: torch.Tensor,  # [num_tokens]
+        positions: torch.Tensor,  # [num_tokens]
+        logits_indices: torch.Tensor,  # [num_rows] rows whose next-token logits are needed
+        caches: list[PagedKVCache],
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Logits [num_rows, vocab] for the requested rows; KV of every token cached."""
+        cos, sin = self.rotary(positions)
+        h = self.embed_tokens(token_ids)
+        for layer, cache in zip(self.layers, caches, strict=True):
+            h = layer(h, cos, sin, cache, meta)
+        # Only sampled rows need the final norm and the (large) vocabulary projection.
+        h = self.norm(h[logits_indices])
+        return self.lm_head(h).float()
+
+    def load_hf_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Copy Hugging Face LlamaForCausalLM tensors in, fusing QKV and gate/up."""
+        sd: dict[str, torch.Tensor] = {
+            "embed_tokens.weight": weights["model.embed_tokens.weight"],
+            "norm.weight": weights["model.norm.weight"],
+            "lm_head.weight": weights.get("lm_head.weight", weights["model.embed_tokens.weight"]),
+        }
+        for i in range(self.cfg.num_hidden_layers):
+            p = f"model.layers.{i}."
+            sd[f"layers.{i}.qkv_proj.weight"] = torch.cat(
+                [weights[p + f"self_attn.{n}_proj.weight"] for n in ("q", "k", "v")]
+            )
+            sd[f"layers.{i}.gate_up_proj.weight"] = torch.cat(
+                [weights[p + f"mlp.{n}_proj.weight"] for n in ("gate", "up")]
+            )
+            sd[f"layers.{i}.o_proj.weight"] = weights[p + "self_attn.o_proj.weight"]
+            sd[f"layers.{i}.down_proj.weight"] = weights[p + "mlp.down_proj.weight"]
+            for norm in ("input_layernorm", "post_attention_layernorm"):
+                sd[f"layers.{i}.{norm}.weight"] = weights[p + f"{norm}.weight"]
+        missing, unexpected = self.load_state_dict(sd, strict=False)
+        missing = [m for m in missing if not m.startswith("rotary")]
+        if missing or unexpected:
+            raise ValueError(f"weights do not fit the model: missing={missing} extra={unexpected}")
+        if self.cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight

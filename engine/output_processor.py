@@ -1,0 +1,105 @@
+"""Per-request bookkeeping after each step: detokenize, apply stop strings, build outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.detokenizer import IncrementalDetokenizer
+from engine.outputs import CompletionDelta, RequestOutput, RequestTimings
+from engine.scheduler import Scheduler, SequenceUpdate
+from engine.sequence import FinishReason, Sequence
+
+
+@dataclass
+class RequestState:
+    """A live request: its sequences and one detokenizer per sequence."""
+
+    request_id: str
+    seqs: list[Sequence]
+    detokenizers: list[IncrementalDetokenizer]
+    arrival: float
+    logprobs_sent: list[int] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return all(s.is_finished for s in self.seqs)
+
+
+class OutputProcessor:
+    """Turns sequence updates into request outputs; stop strings end sequences here."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self.requests: dict[str, RequestState] = {}
+
+    def add(self, state: RequestState) -> None:
+        state.logprobs_sent = [0] * len(state.seqs)
+        self.requests[state.request_id] = state
+
+    def process(self, updates: list[SequenceUpdate]) -> list[RequestOutput]:
+        """One RequestOutput per request that changed this step."""
+        touched: dict[str, list[CompletionDelta]] = {}
+        for upd in updates:
+            state = self.requests.get(upd.seq.request_id)
+            if state is None:
+                continue
+            touched.setdefault(state.request_id, []).append(self._delta(state, upd))
+        outputs = [self._output(self.requests[rid], deltas) for rid, deltas in touched.items()]
+        for out in outputs:
+            if out.finished:
+                del self.requests[out.request_id]
+        return outputs
+
+    def _delta(self, state: RequestState, upd: SequenceUpdate) -> CompletionDelta:
+        seq = upd.seq
+        detok = state.detokenizers[seq.index]
+        text = "".join(detok.add_token(t) for t in upd.new_token_ids)
+        if detok.stop_reason is not None and not seq.is_finished:
+            seq.stop_reason = detok.stop_reason
+            self.scheduler.finish(seq, FinishReason.STOP)
+        elif seq.is_finished and seq.finish_reason is not None and detok.stop_reason is None:
+            text += detok.finish()
+        sent = state.logprobs_sent[seq.index]
+        state.logprobs_sent[seq.index] = len(seq.output_logprobs)
+        return CompletionDelta(
+            index=seq.index,
+            token_ids=list(upd.new_token_ids),
+            text=text,
+            logprobs=seq.output_logprobs[sent:],
+            finish_reason=seq.finish_reason if seq.is_finished else None,
+            stop_reason=seq.stop_reason if seq.is_finished else None,
+        )
+
+    def abort_outputs(self, request_id: str) -> RequestOutput | None:
+        """Final output for an aborted request (its sequences already finished)."""
+        state = self.requests.pop(request_id, None)
+        if state is None:
+            return None
+        deltas = [
+            CompletionDelta(s.index, [], "", [], FinishReason.ABORT, None)
+            for s in state.seqs
+            if s.finish_reason is FinishReason.ABORT
+        ]
+        return self._output(state, deltas)
+
+    @staticmethod
+    def _output(state: RequestState, deltas: list[CompletionDelta]) -> RequestOutput:
+        first = state.seqs[0]
+        t = first.timings
+        firsts = [s.timings.first_token for s in state.seqs if s.timings.first_token]
+        ends = [s.timings.finished for s in state.seqs if s.timings.finished]
+        timings = RequestTimings(
+            queued=(t.first_scheduled - state.arrival) if t.first_scheduled else None,
+            first_token=(min(firsts) - state.arrival) if firsts else None,
+            finished=(max(ends) - state.arrival) if state.finished and ends else None,
+            token_times=[x - state.arrival for x in t.token_times],
+        )
+        return RequestOutput(
+            request_id=state.request_id,
+            deltas=deltas,
+            finished=state.finished,
+            num_prompt_tokens=first.num_prompt_tokens,
+            num_cached_tokens=first.num_cached_tokens,
+            num_output_tokens=sum(s.num_output_tokens for s in state.seqs),
+            timings=timings,
+        )

@@ -1,0 +1,3 @@
+"""Tessera: a model-serving stack. The `tessera` command lives in tessera.cli."""
+
+__version__ = "0.1.0"
