@@ -53,7 +53,10 @@ class OutputProcessor:
     def _delta(self, state: RequestState, upd: SequenceUpdate) -> CompletionDelta:
         seq = upd.seq
         detok = state.detokenizers[seq.index]
-        text = "".join(detok.add_token(t) for t in upd.new_token_ids)
+        # A token that ended the sequence by itself (EOS, a stop token id) stays out of the text.
+        ended_by_token = seq.is_finished and seq.finish_reason is FinishReason.STOP
+        feed = upd.new_token_ids[:-1] if ended_by_token else upd.new_token_ids
+        text = "".join(detok.add_token(t) for t in feed)
         if detok.stop_reason is not None and not seq.is_finished:
             seq.stop_reason = detok.stop_reason
             self.scheduler.finish(seq, FinishReason.STOP)

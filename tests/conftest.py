@@ -1,0 +1,47 @@
+"""Fixtures shared across test packages: the default model, loaded once per session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.model_source import ModelBundle, default_model_path, load_model
+
+
+@pytest.fixture(scope="session")
+def smollm2_bundle() -> ModelBundle:
+    """SmolLM2-135M-Instruct from the bundled GGUF (converted once, then from cache)."""
+    return load_model(None)
+
+
+@pytest.fixture(scope="session")
+def hf_reference_model() -> Any:
+    """Hugging Face transformers loading the same GGUF: the reference implementation."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = default_model_path()
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
+    return model.eval()
+
+
+def make_engine(bundle: ModelBundle, **groups: dict[str, Any]) -> LLMEngine:
+    """An engine on an already-loaded bundle with a small KV pool for tests."""
+    groups.setdefault("cache", {"kv_cache_memory": "256MiB"})
+    groups["cache"].setdefault("kv_cache_memory", "256MiB")
+    groups.setdefault("model", {"max_model_len": 2048})
+    return LLMEngine(EngineConfig(**groups), bundle=bundle)
+
+
+@pytest.fixture(scope="session")
+def smollm2_engine(smollm2_bundle: ModelBundle) -> Iterator[LLMEngine]:
+    """A shared engine on the default model; tests must leave it idle."""
+    engine = make_engine(smollm2_bundle)
+    yield engine
+    assert not engine.has_unfinished()
