@@ -1,0 +1,102 @@
+"""Random ("dummy") Llama weights of any shape, for benchmarks and tests without a checkpoint.
+
+A spec after "dummy:" is a preset name, a JSON object of Hugging Face config keys, or a path
+to such a JSON file; keys it leaves out come from the "tiny" preset.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.model_source.arch import LlamaArchConfig
+from engine.model_source.errors import ModelSourceError, reason
+from engine.model_source.layout import expected_shapes, is_norm
+
+# The SmolLM2 tokenizer's size: presets that share it can be driven by real prompts.
+SMOLLM2_VOCAB = 49152
+
+PRESETS: dict[str, LlamaArchConfig] = {
+    # Two small layers over the real vocabulary; untied so lm_head paths get exercised too.
+    "tiny": LlamaArchConfig(
+        vocab_size=SMOLLM2_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        max_position_embeddings=2048, tie_word_embeddings=False,
+    ),
+    "smollm2-135m": LlamaArchConfig(
+        vocab_size=SMOLLM2_VOCAB, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, head_dim=64, rope_theta=100000.0,
+        max_position_embeddings=8192, tie_word_embeddings=True,
+    ),
+    "llama-1b": LlamaArchConfig(  # Llama 3.2 1B
+        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=64, rope_theta=500000.0,
+        rope_scaling={
+            "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
+        },
+        max_position_embeddings=131072, tie_word_embeddings=True,
+    ),
+    "llama-3-8b": LlamaArchConfig(
+        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=500000.0,
+        max_position_embeddings=8192, tie_word_embeddings=False,
+    ),
+}  # fmt: skip
+
+
+def dummy_config(spec: str) -> tuple[str, LlamaArchConfig]:
+    """(display name, config) for the part of a model spec after "dummy:"."""
+    spec = spec.strip()
+    if spec in PRESETS:
+        return f"dummy:{spec}", PRESETS[spec]
+    if spec.startswith("{"):
+        return "dummy:custom", _config_from_json(spec, "dummy JSON config")
+    path = Path(spec).expanduser()
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ModelSourceError(f"cannot read dummy config {path}: {reason(e)}") from e
+        return f"dummy:{path.stem}", _config_from_json(text, str(path))
+    presets = ", ".join(PRESETS)
+    raise ModelSourceError(
+        f"unknown dummy model {spec!r}: use a preset ({presets}), a JSON object or a JSON file"
+    )
+
+
+def _config_from_json(text: str, what: str) -> LlamaArchConfig:
+    try:
+        overrides: Any = json.loads(text)
+    except ValueError as e:
+        raise ModelSourceError(f"{what} is not valid JSON: {reason(e)}") from e
+    if not isinstance(overrides, dict):
+        raise ModelSourceError(f"{what} must be a JSON object of Llama config keys")
+    if overrides.get("model_type", "llama") != "llama":
+        raise ModelSourceError(f"{what}: unsupported model_type {overrides['model_type']!r}")
+    base = PRESETS["tiny"].to_hf_dict()
+    del base["head_dim"]  # derive it from the (possibly overridden) hidden size and heads
+    try:
+        return LlamaArchConfig.from_hf_dict({**base, **overrides})
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelSourceError(f"{what}: invalid Llama config: {reason(e)}") from e
+
+
+def random_weights(config: LlamaArchConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Weights of the config's shapes: N(0, 0.02) matrices, RMSNorm gains of one.
+
+    Filled in place from one seeded generator, so a seed always gives the same model.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    weights: dict[str, torch.Tensor] = {}
+    for name, shape in expected_shapes(config).items():
+        tensor = torch.empty(shape, dtype=torch.float32)
+        if is_norm(name):
+            tensor.fill_(1.0)
+        else:
+            tensor.normal_(0.0, 0.02, generator=generator)
+        weights[name] = tensor
+    return weights
