@@ -113,7 +113,7 @@ class EngineConfig(BaseSettings):
         env_prefix="TESSERA_", env_nested_delimiter="__", extra="forbid"
     )
 
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    cache: CacheConfig = Field(default_factory=CacheConfig)
-    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    backend: BackendConfig = Field(default_factory=BackendConfig)
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig())
+    cache: CacheConfig = Field(default_factory=lambda: CacheConfig())
+    scheduler: SchedulerConfig = Field(default_factory=lambda: SchedulerConfig())
+    backend: BackendConfig = Field(default_factory=lambda: BackendConfig())

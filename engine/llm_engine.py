@@ -121,7 +121,9 @@ class LLMEngine:
             vocab = self.bundle.config.vocab_size
             bad = [t for t in ids if not 0 <= t < vocab]
             if bad:
-                raise InvalidRequestError(f"token id {bad[0]} is outside the vocabulary [0, {vocab})")
+                raise InvalidRequestError(
+                    f"token id {bad[0]} is outside the vocabulary [0, {vocab})"
+                )
         if not ids:
             raise InvalidRequestError("the prompt is empty")
         if len(ids) >= self.max_model_len:
@@ -204,11 +206,11 @@ class LLMEngine:
         params: SamplingParams | Seq[SamplingParams] | None = None,
     ) -> list[RequestResult]:
         """Run prompts to completion together; results in prompt order."""
-        plist = (
-            list(params)
-            if isinstance(params, (list, tuple))
-            else [params or SamplingParams()] * len(prompts)
-        )
+        plist: list[SamplingParams]
+        if params is None or isinstance(params, SamplingParams):
+            plist = [params or SamplingParams()] * len(prompts)
+        else:
+            plist = list(params)
         results: dict[str, RequestResult] = {}
         order = []
         for prompt, p in zip(prompts, plist, strict=True):

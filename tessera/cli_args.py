@@ -62,9 +62,9 @@ def add_settings_flags(parser: argparse.ArgumentParser, settings_cls: type[BaseM
             )
 
 
-def settings_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The flags actually given, nested by group, to pass as settings init kwargs."""
-    nested: dict[str, dict[str, Any]] = {}
+    nested: dict[str, Any] = {}
     for dest, value in vars(args).items():
         if "." in dest:
             group, name = dest.split(".", 1)

@@ -39,6 +39,9 @@ class BackendOptions:
     quantization: str = "none"
     num_threads: int | None = None
     max_model_len: int = 2048
+    # Models up to this size keep a transposed weight copy on CPU for faster
+    # single-stream decode (1.4x, at twice the weight memory).
+    cpu_transposed_weights_max_bytes: int = 2 * 1024**3
 
 
 class Backend(ABC):

@@ -35,6 +35,9 @@ class TorchBackend(Backend):
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         # RoPE tables stay float32 so positions far out keep their precision.
         self.model.rotary.float()
+        weight_bytes = cfg.num_parameters * self.dtype.itemsize
+        if self.device.type == "cpu" and weight_bytes <= options.cpu_transposed_weights_max_bytes:
+            self.model.keep_transposed_weights()
         self.caches: list[PagedKVCache] = []
 
     def kv_bytes_per_block(self, block_size: int) -> int:
@@ -46,7 +49,12 @@ class TorchBackend(Backend):
         self.caches = []  # release the old pool before taking the new one
         self.caches = [
             PagedKVCache(
-                num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim, self.dtype, self.device
+                num_blocks,
+                block_size,
+                cfg.num_key_value_heads,
+                cfg.head_dim,
+                self.dtype,
+                self.device,
             )
             for _ in range(cfg.num_hidden_layers)
         ]

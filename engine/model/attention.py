@@ -69,9 +69,10 @@ def paged_attention(
 ) -> torch.Tensor:
     """Write this step's K/V into the pool, then attend over each sequence's blocks."""
     cache.write(meta.slot_mapping, k, v)
+    all_decode = meta.num_decodes == q.shape[0]
     out = torch.empty_like(q)
     if meta.num_decodes:
-        qd = q[meta.decode_rows].unsqueeze(2)  # [D, heads, 1, hd]
+        qd = (q if all_decode else q[meta.decode_rows]).unsqueeze(2)  # [D, heads, 1, hd]
         kd, vd = cache.gather(meta.decode_block_tables)  # [D, L, kvh, hd]
         od = F.scaled_dot_product_attention(
             qd,
@@ -80,6 +81,8 @@ def paged_attention(
             attn_mask=meta.decode_mask,
             enable_gqa=True,
         )  # [D, heads, 1, hd]
+        if all_decode:
+            return od.squeeze(2)  # the common steady state: skip the scatter
         out[meta.decode_rows] = od.squeeze(2)
     for span in meta.prefills:
         rows = slice(span.token_start, span.token_start + span.num_tokens)
@@ -95,13 +98,15 @@ def paged_attention(
             qpos = torch.arange(start, span.context_len, device=q.device).unsqueeze(1)
             kpos = torch.arange(span.context_len, device=q.device).unsqueeze(0)
             mask = kpos <= qpos  # [n, context_len]
+        # Expanding KV heads here keeps SDPA on its flash kernel: with enable_gqa
+        # and a causal flag PyTorch's CPU dispatch falls back to the slow math path.
+        group = q.shape[1] // k.shape[1]
         os_ = F.scaled_dot_product_attention(
             qs,
-            ks.transpose(0, 1).unsqueeze(0),
-            vs.transpose(0, 1).unsqueeze(0),
+            ks.repeat_interleave(group, dim=1).transpose(0, 1).unsqueeze(0),
+            vs.repeat_interleave(group, dim=1).transpose(0, 1).unsqueeze(0),
             attn_mask=mask,
             is_causal=mask is None,
-            enable_gqa=True,
         )  # [1, heads, n, hd]
         out[rows] = os_[0].transpose(0, 1)
     return out

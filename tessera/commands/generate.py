@@ -32,7 +32,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("prompts", nargs="*", help="prompts (chat user messages unless --raw)")
     p.add_argument("--file", type=Path, help="one prompt per line, or JSONL with prompt/messages")
-    p.add_argument("--raw", action="store_true", help="send prompts as plain text, no chat template")
+    p.add_argument(
+        "--raw", action="store_true", help="send prompts as plain text, no chat template"
+    )
     p.add_argument("--system", help="system message for chat prompts")
     p.add_argument("--json", action="store_true", help="print one JSON object per result")
     add_settings_flags(p, EngineConfig)
@@ -90,12 +92,20 @@ def run(args: argparse.Namespace) -> int:
         for c in res.completions:
             out_tokens += len(c.token_ids)
             if args.json:
-                print(json.dumps({
-                    "prompt": prompt, "index": c.index, "text": c.text,
-                    "finish_reason": c.finish_reason.value if c.finish_reason else None,
-                    "prompt_tokens": len(res.prompt_token_ids), "completion_tokens": len(c.token_ids),
-                    "ttft_s": res.timings.first_token,
-                }, ensure_ascii=False))
+                print(
+                    json.dumps(
+                        {
+                            "prompt": prompt,
+                            "index": c.index,
+                            "text": c.text,
+                            "finish_reason": c.finish_reason.value if c.finish_reason else None,
+                            "prompt_tokens": len(res.prompt_token_ids),
+                            "completion_tokens": len(c.token_ids),
+                            "ttft_s": res.timings.first_token,
+                        },
+                        ensure_ascii=False,
+                    )
+                )
             else:
                 print(f">>> {prompt}\n{c.text}\n")
     print(

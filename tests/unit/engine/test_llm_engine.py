@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
+from engine.async_engine import AsyncEngine
 from engine.config import EngineConfig
 from engine.errors import InvalidRequestError, PromptTooLongError, QueueFullError
 from engine.llm_engine import LLMEngine
 from engine.model_source import ModelBundle, load_model
-from engine.async_engine import AsyncEngine
 from engine.sampling_params import SamplingParams
 from engine.sequence import FinishReason
 

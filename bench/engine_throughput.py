@@ -1,0 +1,230 @@
+"""Tessera's engine against Hugging Face transformers on one fixed workload, in one run.
+
+Workload: 32 distinct chat prompts (about 55 prompt tokens each), 128 new tokens
+each, greedy, EOS ignored. Also single-stream decode and the time to first token
+of a 1,000-token prompt. Prints tokens/s of each and the ratios, and writes a
+Markdown report to bench/results/. Run it on a quiet machine:
+
+    .venv/bin/python bench/engine_throughput.py [--only tessera] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.model_source import Tokenizer, default_model_path, load_model
+from engine.sampling_params import SamplingParams
+
+TOPICS = [
+    "the history of the printing press", "how bees communicate", "the water cycle",
+    "why leaves change color in autumn", "the rules of chess", "how a bicycle stays upright",
+    "the life of Marie Curie", "how vaccines work", "the invention of the telephone",
+    "why the ocean is salty", "how airplanes fly", "the Great Wall of China",
+    "how computers store numbers", "the causes of earthquakes", "the phases of the moon",
+    "how bread rises", "the migration of monarch butterflies", "how a rainbow forms",
+    "the Roman aqueducts", "how solar panels make electricity", "the origin of the Olympics",
+    "why cats purr", "how glaciers move", "the discovery of penicillin", "how volcanoes erupt",
+    "the structure of DNA", "how the heart pumps blood", "the first moon landing",
+    "how coral reefs grow", "the invention of paper money", "how tides work",
+    "the life cycle of a star",
+]  # fmt: skip
+NEW_TOKENS = 128
+
+
+def chat_prompts(tok: Tokenizer) -> list[list[int]]:
+    return [
+        tok.encode(tok.apply_chat_template([{
+            "role": "user",
+            "content": f"Please explain {t} to a curious high-school student, in a few "
+            "clear paragraphs with one concrete example.",
+        }]))
+        for t in TOPICS
+    ]  # fmt: skip
+
+
+def long_prompt(tok: Tokenizer, n: int = 1000) -> list[int]:
+    text = " ".join(f"Item {i}: the quick brown fox jumps over the lazy dog." for i in range(400))
+    return tok.encode(text)[:n]
+
+
+def timed(fn: Callable[[], int]) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    n = fn()
+    return time.perf_counter() - t0, n
+
+
+# ---- Tessera -------------------------------------------------------------------------
+def bench_tessera(prompts: list[list[int]], long: list[int]) -> dict[str, float]:
+    engine = LLMEngine(EngineConfig(cache={"kv_cache_memory": "2GiB"}))
+    print(f"tessera: {engine.capacity.summary()}", flush=True)
+    greedy = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
+    engine.generate(prompts[:2], SamplingParams(max_tokens=4, temperature=0.0))  # warm
+
+    def batch() -> int:
+        res = engine.generate(prompts, greedy)
+        return sum(len(r.completions[0].token_ids) for r in res)
+
+    def single() -> int:
+        return len(engine.generate([prompts[0]], greedy)[0].completions[0].token_ids)
+
+    engine.kv.reset_prefix_cache()
+    t_batch, n_batch = timed(batch)
+    engine.kv.reset_prefix_cache()
+    t_single, n_single = timed(single)
+    engine.kv.reset_prefix_cache()
+    t0 = time.perf_counter()
+    engine.generate([long], SamplingParams(max_tokens=1, temperature=0.0))
+    ttft = time.perf_counter() - t0
+    return {
+        "batch32_tok_s": n_batch / t_batch,
+        "single_tok_s": n_single / t_single,
+        "ttft_1000_s": ttft,
+    }
+
+
+# ---- transformers --------------------------------------------------------------------
+def hf_model() -> Any:
+    from transformers import AutoModelForCausalLM
+
+    path = default_model_path()
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
+    return model.eval()
+
+
+def bench_hf_static(model: Any, prompts: list[list[int]], long: list[int]) -> dict[str, float]:
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 2
+
+    def generate(batch: list[list[int]], new: int) -> int:
+        width = max(map(len, batch))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                do_sample=False, pad_token_id=pad,
+            )  # fmt: skip
+        return int((out.shape[1] - width) * len(batch))
+
+    generate(prompts[:2], 4)  # warm
+    t_batch, n_batch = timed(lambda: generate(prompts, NEW_TOKENS))
+    t_single, n_single = timed(lambda: generate(prompts[:1], NEW_TOKENS))
+    t_ttft, _ = timed(lambda: generate([long], 1))
+    return {
+        "batch32_tok_s": n_batch / t_batch,
+        "single_tok_s": n_single / t_single,
+        "ttft_1000_s": t_ttft,
+    }
+
+
+def bench_hf_continuous(model: Any, prompts: list[list[int]]) -> dict[str, float]:
+    from transformers import GenerationConfig
+
+    cfg = GenerationConfig(
+        max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=-1, pad_token_id=2
+    )
+
+    def run() -> int:
+        with torch.inference_mode():
+            out = model.generate_batch(inputs=prompts, generation_config=cfg)
+        return sum(len(o.generated_tokens) for o in out.values())
+
+    t, n = timed(run)
+    return {"batch32_tok_s": n / t}
+
+
+def report(results: dict[str, dict[str, float]], command: str) -> str:
+    t = results["tessera"]
+    lines = [
+        f"# Engine throughput, {datetime.date.today()}",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}",
+        "",
+        f"Workload: {len(TOPICS)} chat prompts (~55 tokens), {NEW_TOKENS} new tokens each, greedy, "
+        "EOS ignored; single stream = one of those prompts alone; TTFT = 1,000-token prompt.",
+        "",
+        "| system | 32-prompt output tok/s | single-stream tok/s | TTFT 1,000 tokens (s) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, r in results.items():
+        cells = [f"{r[k]:.1f}" if k in r else "—" for k in ("batch32_tok_s", "single_tok_s")] + [
+            f"{r['ttft_1000_s']:.2f}" if "ttft_1000_s" in r else "—"
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    peers = {k: v for k, v in results.items() if k != "tessera"}
+    if peers:
+        best = max(peers.values(), key=lambda r: r.get("batch32_tok_s", 0))["batch32_tok_s"]
+        lines += ["", "Ratios (Tessera / peer):", ""]
+        lines.append(f"- 32 prompts vs transformers' best: **{t['batch32_tok_s'] / best:.2f}x**")
+        if "hf_static" in results:
+            s = results["hf_static"]
+            lines.append(
+                f"- single stream vs transformers: **{t['single_tok_s'] / s['single_tok_s']:.2f}x**"
+            )
+            lines.append(
+                "- TTFT 1,000 tokens vs transformers: "
+                f"**{s['ttft_1000_s'] / t['ttft_1000_s']:.2f}x faster**"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--only", choices=["tessera", "hf_static", "hf_continuous"], action="append")
+    ap.add_argument(
+        "--out", type=Path, help="report file (default bench/results/engine_throughput-DATE.md)"
+    )
+    args = ap.parse_args()
+    which = args.only or ["tessera", "hf_static", "hf_continuous"]
+    tok = load_model(None).tokenizer
+    prompts, long = chat_prompts(tok), long_prompt(tok)
+    print(
+        f"prompts: {len(prompts)}, mean {sum(map(len, prompts)) / len(prompts):.1f} tokens",
+        flush=True,
+    )
+    results: dict[str, dict[str, float]] = {}
+    if "tessera" in which:
+        results["tessera"] = bench_tessera(prompts, long)
+        print("tessera", json.dumps(results["tessera"]), flush=True)
+        gc.collect()
+    if {"hf_static", "hf_continuous"} & set(which):
+        model = hf_model()
+        if "hf_static" in which:
+            results["hf_static"] = bench_hf_static(model, prompts, long)
+            print("hf_static", json.dumps(results["hf_static"]), flush=True)
+        if "hf_continuous" in which:
+            results["hf_continuous"] = bench_hf_continuous(model, prompts)
+            print("hf_continuous", json.dumps(results["hf_continuous"]), flush=True)
+    command = "python bench/engine_throughput.py" + "".join(f" --only {w}" for w in args.only or [])
+    text = report(results, command) if "tessera" in results else json.dumps(results)
+    print(text)
+    out = (
+        args.out
+        or Path(__file__).parent / "results" / f"engine_throughput-{datetime.date.today()}.md"
+    )
+    out.write_text(text)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
