@@ -57,11 +57,13 @@ class AsyncEngine:
         params: SamplingParams | None = None,
         request_id: str | None = None,
         priority: int = 0,
+        deadline: float | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Yield this request's outputs step by step until it finishes.
 
         Raises InvalidRequestError / QueueFullError before the first output
-        when the engine refuses the request.
+        when the engine refuses the request. Past ``deadline`` (time.monotonic())
+        the request ends with finish reason ABORT.
         """
         if self._stopped.is_set():
             raise EngineDeadError("the engine has stopped")
@@ -71,7 +73,7 @@ class AsyncEngine:
 
         def add() -> None:
             try:
-                self.engine.add_request(prompt, params, rid, priority)
+                self.engine.add_request(prompt, params, rid, priority, deadline)
             except BaseException as e:  # handed to the caller, not swallowed
                 added.set_exception(e)
                 return

@@ -110,6 +110,7 @@ class LLMEngine:
         self.outputs = OutputProcessor(self.scheduler)
         self._seq_ids = itertools.count()
         self._request_ids = itertools.count()
+        self._deadlines: dict[str, float] = {}
 
     # ---- requests --------------------------------------------------------
     def tokenize_prompt(self, prompt: str | Seq[int]) -> list[int]:
@@ -139,8 +140,13 @@ class LLMEngine:
         params: SamplingParams | None = None,
         request_id: str | None = None,
         priority: int = 0,
+        deadline: float | None = None,
     ) -> str:
-        """Queue a request (n sequences); raises InvalidRequestError or QueueFullError."""
+        """Queue a request (n sequences); raises InvalidRequestError or QueueFullError.
+
+        ``deadline`` is a time.monotonic() instant: a request still running then is
+        aborted at the next step and its blocks freed.
+        """
         params = params or SamplingParams()
         rid = request_id if request_id is not None else f"req-{next(self._request_ids)}"
         if rid in self.outputs.requests:
@@ -166,10 +172,13 @@ class LLMEngine:
             for _ in seqs
         ]
         self.outputs.add(RequestState(rid, seqs, detoks, seqs[0].timings.arrival))
+        if deadline is not None:
+            self._deadlines[rid] = deadline
         return rid
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Stop a request now and free its blocks; returns its final output if it was live."""
+        self._deadlines.pop(request_id, None)
         state = self.outputs.requests.get(request_id)
         if state is None:
             return None
@@ -182,10 +191,20 @@ class LLMEngine:
     # ---- the loop --------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Schedule, execute, update; then turn the updates into request outputs."""
+        expired = self._abort_expired() if self._deadlines else []
         scheduler_output = self.scheduler.schedule()
         runner_output = self.runner.execute(scheduler_output)
         updates = self.scheduler.update(scheduler_output, runner_output)
-        return self.outputs.process(updates)
+        outputs = self.outputs.process(updates)
+        for out in outputs:
+            if out.finished:
+                self._deadlines.pop(out.request_id, None)
+        return expired + outputs
+
+    def _abort_expired(self) -> list[RequestOutput]:
+        now = time.monotonic()
+        late = [rid for rid, deadline in self._deadlines.items() if deadline <= now]
+        return [out for rid in late if (out := self.abort(rid)) is not None]
 
     def stats(self) -> EngineStats:
         s = self.kv.stats

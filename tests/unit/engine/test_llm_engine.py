@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -193,3 +194,18 @@ async def test_async_streams_match_sync_and_cancel_frees_blocks(tiny: ModelBundl
         assert not await aengine.call(lambda e: e.has_unfinished())
     finally:
         aengine.shutdown()
+
+
+def test_deadline_passed_aborts_and_frees_blocks(tiny: ModelBundle) -> None:
+    engine = engine_for(tiny)
+    long = SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True)
+    engine.add_request(PROMPTS[0], long, request_id="late", deadline=time.monotonic() + 0.2)
+    engine.add_request(PROMPTS[1], GREEDY, request_id="free")
+    finals = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                finals[out.request_id] = out
+    assert finals["late"].deltas[0].finish_reason is FinishReason.ABORT
+    assert finals["free"].deltas[0].finish_reason is FinishReason.LENGTH
+    assert engine.kv.num_free_blocks == engine.kv.num_blocks
