@@ -104,6 +104,11 @@ class BackendConfig(BaseModel):
         "auto", description="activation/KV dtype; auto = float32 on CPU, bfloat16 on CUDA"
     )
     num_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
+    native_kernels: bool = Field(
+        True,
+        description="compile Tessera's C++ paged decode-attention kernel on CPU (PyTorch "
+        "attention when no compiler is present)",
+    )
 
 
 class EngineConfig(BaseSettings):

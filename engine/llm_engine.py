@@ -72,6 +72,7 @@ class LLMEngine:
                 dtype=dtype,
                 quantization=config.backend.quantization,
                 num_threads=config.backend.num_threads,
+                native_kernels=config.backend.native_kernels,
                 max_model_len=self.max_model_len,
             ),
         )

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from engine.backends.base import Backend, BackendOptions, BatchInputs, register_backend
+from engine.kernels import load_cpu_kernels
 from engine.model.attention import AttentionMetadata, PagedKVCache, PrefillSpan
 from engine.model.llama import LlamaModel
 from engine.model_source import ModelBundle
@@ -39,6 +40,10 @@ class TorchBackend(Backend):
         if self.device.type == "cpu" and weight_bytes <= options.cpu_transposed_weights_max_bytes:
             self.model.keep_transposed_weights()
         self.caches: list[PagedKVCache] = []
+        self.native_decode = None
+        if self.device.type == "cpu" and self.dtype == torch.float32 and options.native_kernels:
+            kernels = load_cpu_kernels()
+            self.native_decode = kernels.paged_decode_attention if kernels else None
 
     def kv_bytes_per_block(self, block_size: int) -> int:
         cfg = self.bundle.config
@@ -110,4 +115,6 @@ class TorchBackend(Backend):
             decode_mask=mask.to(dev),
             prefills=prefills,
             num_decodes=int(dec.size),
+            decode_context_lens=dec_ctx,
+            native_decode=self.native_decode,
         )

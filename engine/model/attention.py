@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,9 @@ class AttentionMetadata:
     decode_mask: torch.Tensor  # [num_decodes, 1, 1, max_blocks * block_size] True = attend
     prefills: list[PrefillSpan]
     num_decodes: int
+    decode_context_lens: torch.Tensor | None = None  # [num_decodes] int64, for native_decode
+    native_decode: Callable[..., torch.Tensor] | None = None
+    """engine.kernels' paged_decode_attention when built: reads blocks in place."""
 
 
 class PagedKVCache:
@@ -60,6 +64,23 @@ class PagedKVCache:
         return k.reshape(shape), v.reshape(shape)
 
 
+def _decode(q: torch.Tensor, cache: PagedKVCache, meta: AttentionMetadata) -> torch.Tensor:
+    """One query token per sequence, q [D, heads, hd], against its cached keys."""
+    if meta.native_decode is not None and meta.decode_context_lens is not None:
+        scale = q.shape[-1] ** -0.5
+        tables, lens = meta.decode_block_tables, meta.decode_context_lens
+        return meta.native_decode(q, cache.k, cache.v, tables, lens, scale)
+    kd, vd = cache.gather(meta.decode_block_tables)  # [D, L, kvh, hd]
+    od = F.scaled_dot_product_attention(
+        q.unsqueeze(2),
+        kd.transpose(1, 2),
+        vd.transpose(1, 2),
+        attn_mask=meta.decode_mask,
+        enable_gqa=True,
+    )  # [D, heads, 1, hd]
+    return od.squeeze(2)
+
+
 def paged_attention(
     q: torch.Tensor,  # [num_tokens, heads, head_dim], already rotated
     k: torch.Tensor,  # [num_tokens, kv_heads, head_dim], already rotated
@@ -72,18 +93,10 @@ def paged_attention(
     all_decode = meta.num_decodes == q.shape[0]
     out = torch.empty_like(q)
     if meta.num_decodes:
-        qd = (q if all_decode else q[meta.decode_rows]).unsqueeze(2)  # [D, heads, 1, hd]
-        kd, vd = cache.gather(meta.decode_block_tables)  # [D, L, kvh, hd]
-        od = F.scaled_dot_product_attention(
-            qd,
-            kd.transpose(1, 2),
-            vd.transpose(1, 2),
-            attn_mask=meta.decode_mask,
-            enable_gqa=True,
-        )  # [D, heads, 1, hd]
+        od = _decode(q if all_decode else q[meta.decode_rows], cache, meta)  # [D, heads, hd]
         if all_decode:
-            return od.squeeze(2)  # the common steady state: skip the scatter
-        out[meta.decode_rows] = od.squeeze(2)
+            return od  # the common steady state: skip the scatter
+        out[meta.decode_rows] = od
     for span in meta.prefills:
         rows = slice(span.token_start, span.token_start + span.num_tokens)
         qs = q[rows].transpose(0, 1).unsqueeze(0)  # [1, heads, n, hd]

@@ -1,0 +1,33 @@
+"""Native CPU kernels, compiled on first use with the machine's C++ compiler.
+
+A kernel that cannot be built (no compiler, no ninja) leaves its caller on the
+pure PyTorch path; ``load_cpu_kernels`` says why once in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+
+log = logging.getLogger(__name__)
+_SOURCE = Path(__file__).with_name("paged_decode_attention.cpp")
+
+
+@cache
+def load_cpu_kernels() -> ModuleType | None:
+    """The compiled extension module, or None when it cannot be built here."""
+    try:
+        from torch.utils.cpp_extension import load
+
+        return load(
+            name="tessera_cpu_kernels",
+            sources=[str(_SOURCE)],
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
+    except Exception as e:  # any build failure means: use the PyTorch path
+        log.warning("native CPU kernels unavailable, using PyTorch attention: %s", e)
+        return None
