@@ -7,6 +7,9 @@ pure PyTorch path; ``load_cpu_kernels`` says why once in the log.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import sys
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -18,6 +21,11 @@ _SOURCE = Path(__file__).with_name("paged_decode_attention.cpp")
 @cache
 def load_cpu_kernels() -> ModuleType | None:
     """The compiled extension module, or None when it cannot be built here."""
+    # The ninja that pip installs lives beside the interpreter, which may not be on
+    # PATH when the venv is not activated (e.g. `.venv/bin/python -m pytest`).
+    venv_bin = str(Path(sys.executable).parent)
+    if shutil.which("ninja") is None and venv_bin not in os.environ.get("PATH", ""):
+        os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
     try:
         from torch.utils.cpp_extension import load
 

@@ -11,16 +11,17 @@ from engine.model.rope import RotaryEmbedding, apply_rope
 from engine.model_source.arch import LlamaArchConfig
 
 _CHUNKED_MIN_OUT = 16384
+_STORED_TRANSPOSE_MIN_ROWS = 256
 _CHUNK_ROWS = 4096
 
 
 class Projection(nn.Linear):
     """A bias-free linear layer with the matmul orientation that is fastest on CPU.
 
-    Measured on 2 AVX2 cores (bench/results/matmul_orientation.md): for two or
-    more rows, (W @ x^T)^T is 1.3-1.6x faster than F.linear because MKL splits
-    the large output dimension across threads; for one row (single-stream
-    decode), x @ W^T with W^T stored contiguous streams weights 1.4x faster.
+    Measured on 2 AVX2 cores (bench/results/matmul_orientation.md): for 2-255
+    rows, (W @ x^T)^T is 1.2-4x faster than F.linear because MKL splits the large
+    output dimension across threads; for one row (single-stream decode) and for
+    long prefill chunks, x @ W^T with W^T stored contiguous is fastest.
     """
 
     weight_t: torch.Tensor | None
@@ -31,16 +32,18 @@ class Projection(nn.Linear):
         self.contiguous_output = contiguous_output
 
     def keep_transposed_copy(self) -> None:
-        """Also keep W^T [in, out] contiguous, for the one-row path (doubles memory)."""
+        """Also keep W^T [in, out] contiguous, for one row and long chunks (doubles memory)."""
         self.weight_t = self.weight.detach().t().contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [rows, in] -> [rows, out]
         if x.device.type != "cpu":
             return F.linear(x, self.weight)
-        if x.shape[0] == 1:
+        rows = x.shape[0]
+        if rows == 1 or rows >= _STORED_TRANSPOSE_MIN_ROWS:
             if self.weight_t is not None:
                 return torch.mm(x, self.weight_t)
-            return F.linear(x, self.weight)
+            if rows == 1:
+                return F.linear(x, self.weight)
         if self.out_features >= _CHUNKED_MIN_OUT:
             return self._chunked(x)
         out = torch.mm(self.weight, x.t()).t()

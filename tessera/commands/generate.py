@@ -83,9 +83,14 @@ def run(args: argparse.Namespace) -> int:
     except (ModelSourceError, InvalidRequestError, SamplingParamsError, OSError) as e:
         print(f"tessera generate: error: {e}", file=sys.stderr)
         return 2
-    except (ValidationError, ValueError, json.JSONDecodeError, KeyError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"tessera generate: error: {first}", file=sys.stderr)
+    except ValidationError as e:
+        detail = e.errors()[0]
+        flag = "--" + str(detail["loc"][-1]).replace("_", "-") if detail["loc"] else "settings"
+        print(f"tessera generate: error: {flag}: {detail['msg']}", file=sys.stderr)
+        return 2
+    except (ValueError, json.JSONDecodeError, KeyError) as e:
+        line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"tessera generate: error: {line}", file=sys.stderr)
         return 2
     out_tokens = 0
     for prompt, res in zip(prompts, results, strict=True):

@@ -1,0 +1,54 @@
+"""The `tessera` command: generate for real, and one clear line for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tessera.cli import main
+
+TINY = ["--model", "dummy:tiny", "--kv-cache-memory", "64MiB", "--max-model-len", "256"]
+
+
+def test_generate_prints_one_json_result_per_prompt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("hello there\n\nsecond prompt\n", encoding="utf-8")
+    code = main(
+        ["generate", "first", "--file", str(prompts), "--raw", "--json", "--max-tokens", "5",
+         "--ignore-eos", *TINY]
+    )  # fmt: skip
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["prompt"] for line in lines] == ["first", "hello there", "second prompt"]
+    assert all(line["completion_tokens"] == 5 for line in lines)
+    assert all(line["finish_reason"] == "length" for line in lines)
+
+
+def test_settings_flags_reach_the_engine(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["generate", "x", "--raw", "--max-tokens", "1", "--block-size", "8", *TINY])
+    assert code == 0
+    assert "x 8 = " in capsys.readouterr().err  # capacity line: blocks x block size
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--model", "/nonexistent/model.gguf"], "does not exist"),
+        (["--model", "dummy:no-such-preset"], "no-such-preset"),
+        (["--temperature", "-1"], "temperature"),
+        (["--kv-cache-memory", "lots"], "not a size"),
+    ],
+)
+def test_bad_input_gives_one_clear_error_line(
+    args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["generate", "hi", "--raw", "--kv-cache-memory", "64MiB", "--model", "dummy:tiny"]
+    code = main(base + args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("tessera generate: error:")
+    assert needle in err[0]
