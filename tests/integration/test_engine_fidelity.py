@@ -72,6 +72,19 @@ def check_against_reference(
     return matches, ties
 
 
+def check_all(
+    hf: Any, prompts: list[list[int]], outputs: list[list[int]]
+) -> list[tuple[int, float]]:
+    """Check every prompt's full output; return the near-ties met on the way."""
+    ties_seen = []
+    for prompt, output in zip(prompts, outputs, strict=True):
+        assert len(output) == NEW_TOKENS
+        matches, ties = check_against_reference(hf, prompt, output)
+        assert matches + len(ties) == NEW_TOKENS
+        ties_seen += ties
+    return ties_seen
+
+
 @pytest.fixture(scope="module")
 def engine(smollm2_bundle: ModelBundle) -> LLMEngine:
     # A small token budget forces chunked prefills to interleave with decodes.
@@ -85,15 +98,9 @@ def test_each_prompt_alone_matches_the_reference(
     engine: LLMEngine, smollm2_bundle: ModelBundle, hf_reference_model: Any
 ) -> None:
     prompts = chat_prompts(smollm2_bundle)
-    ties_seen = []
-    for prompt in prompts:
-        (result,) = engine.generate([prompt], GREEDY)
-        output = result.completions[0].token_ids
-        assert len(output) == NEW_TOKENS
-        matches, ties = check_against_reference(hf_reference_model, prompt, output)
-        assert matches + len(ties) == NEW_TOKENS
-        ties_seen += ties
-    print(f"alone: {len(prompts)} prompts x {NEW_TOKENS} tokens, near-ties {ties_seen}")
+    outputs = [engine.generate([p], GREEDY)[0].completions[0].token_ids for p in prompts]
+    ties = check_all(hf_reference_model, prompts, outputs)
+    print(f"alone: {len(prompts)} prompts x {NEW_TOKENS} tokens, near-ties {ties}")
     assert engine.kv.num_free_blocks == engine.kv.num_blocks
 
 
@@ -113,14 +120,8 @@ def test_all_prompts_batched_with_staggered_arrivals_match_the_reference(
         for out in engine.step():
             outputs.setdefault(out.request_id, []).extend(out.deltas[0].token_ids)
         step += 1
-    ties_seen = []
-    for i, prompt in enumerate(prompts):
-        output = outputs[f"p{i}"]
-        assert len(output) == NEW_TOKENS
-        matches, ties = check_against_reference(hf_reference_model, prompt, output)
-        assert matches + len(ties) == NEW_TOKENS
-        ties_seen += ties
-    print(f"batched: {len(prompts)} prompts, {step} steps, near-ties {ties_seen}")
+    ties = check_all(hf_reference_model, prompts, [outputs[f"p{i}"] for i in range(len(prompts))])
+    print(f"batched: {len(prompts)} prompts, {step} steps, near-ties {ties}")
     assert engine.kv.num_free_blocks == engine.kv.num_blocks
 
 
