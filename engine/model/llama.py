@@ -32,8 +32,13 @@ class Projection(nn.Linear):
         self.contiguous_output = contiguous_output
 
     def keep_transposed_copy(self) -> None:
-        """Also keep W^T [in, out] contiguous, for one row and long chunks (doubles memory)."""
-        self.weight_t = self.weight.detach().t().contiguous()
+        """Also keep W^T [in, out] contiguous, for one row and long chunks.
+
+        Only for layers that widen (out >= in): for narrowing ones such as the
+        MLP's down projection, one-row F.linear already streams faster.
+        """
+        if self.out_features >= self.in_features:
+            self.weight_t = self.weight.detach().t().contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [rows, in] -> [rows, out]
         if x.device.type != "cpu":
