@@ -61,4 +61,5 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """Rotate x [num_tokens, heads, head_dim] by the half-split convention."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    # The tables are float32; the result keeps the activations' dtype.
+    return (x * cos + rotated * sin).to(x.dtype)

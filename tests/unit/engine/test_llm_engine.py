@@ -209,3 +209,19 @@ def test_deadline_passed_aborts_and_frees_blocks(tiny: ModelBundle) -> None:
     assert finals["late"].deltas[0].finish_reason is FinishReason.ABORT
     assert finals["free"].deltas[0].finish_reason is FinishReason.LENGTH
     assert engine.kv.num_free_blocks == engine.kv.num_blocks
+
+
+def test_bfloat16_on_cpu_generates_like_float32_mostly(tiny: ModelBundle) -> None:
+    config = EngineConfig(
+        model={"max_model_len": 512},
+        cache={"kv_cache_memory": "64MiB", "block_size": 4},
+        backend={"dtype": "bfloat16"},
+    )
+    bf16 = LLMEngine(config, bundle=tiny)
+    assert bf16.capacity.dtype == "bfloat16"
+    got = tokens(bf16.generate(PROMPTS, GREEDY))
+    assert all(len(t) == GREEDY.max_tokens for t in got)
+    # Reduced precision may flip near-ties, but the first token rarely moves.
+    expected = tokens(engine_for(tiny).generate(PROMPTS, GREEDY))
+    assert sum(a[0] == b[0] for a, b in zip(got, expected, strict=True)) >= len(PROMPTS) - 1
+    assert bf16.kv.num_free_blocks == bf16.kv.num_blocks
