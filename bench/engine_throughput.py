@@ -69,8 +69,12 @@ def timed(fn: Callable[[], int]) -> tuple[float, int]:
 
 
 # ---- Tessera -------------------------------------------------------------------------
-def bench_tessera(prompts: list[list[int]], long: list[int]) -> dict[str, float]:
-    engine = LLMEngine(EngineConfig(cache={"kv_cache_memory": "2GiB"}))
+def bench_tessera(
+    prompts: list[list[int]], long: list[int], weight_dtype: str = "same"
+) -> dict[str, float]:
+    engine = LLMEngine(
+        EngineConfig(cache={"kv_cache_memory": "2GiB"}, backend={"weight_dtype": weight_dtype})
+    )
     print(f"tessera: {engine.capacity.summary()}", flush=True)
     greedy = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
     engine.generate(prompts[:2], SamplingParams(max_tokens=4, temperature=0.0))  # warm
@@ -98,13 +102,11 @@ def bench_tessera(prompts: list[list[int]], long: list[int]) -> dict[str, float]
 
 
 # ---- transformers --------------------------------------------------------------------
-def hf_model() -> Any:
+def hf_model(dtype: torch.dtype = torch.float32) -> Any:
     from transformers import AutoModelForCausalLM
 
     path = default_model_path()
-    model = AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32
-    )
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
     return model.eval()
 
 
@@ -153,7 +155,6 @@ def bench_hf_continuous(model: Any, prompts: list[list[int]]) -> dict[str, float
 
 
 def report(results: dict[str, dict[str, float]], command: str) -> str:
-    t = results["tessera"]
     lines = [
         f"# Engine throughput, {datetime.date.today()}",
         "",
@@ -163,28 +164,30 @@ def report(results: dict[str, dict[str, float]], command: str) -> str:
         "",
         f"Workload: {len(TOPICS)} chat prompts (~55 tokens), {NEW_TOKENS} new tokens each, greedy, "
         "EOS ignored; single stream = one of those prompts alone; TTFT = 1,000-token prompt.",
+        "tessera = float32; tessera_bf16w = bfloat16 weights, float32 activations/attention/KV; "
+        "hf_static_bf16 = transformers with the whole model in bfloat16.",
         "",
         "| system | 32-prompt output tok/s | single-stream tok/s | TTFT 1,000 tokens (s) |",
         "| --- | --- | --- | --- |",
     ]
     for name, r in results.items():
-        cells = [f"{r[k]:.1f}" if k in r else "—" for k in ("batch32_tok_s", "single_tok_s")] + [
-            f"{r['ttft_1000_s']:.2f}" if "ttft_1000_s" in r else "—"
-        ]
+        cells = [f"{r[k]:.1f}" if k in r else "—" for k in ("batch32_tok_s", "single_tok_s")]
+        cells.append(f"{r['ttft_1000_s']:.2f}" if "ttft_1000_s" in r else "—")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    peers = {k: v for k, v in results.items() if k != "tessera"}
-    if peers:
-        best = max(peers.values(), key=lambda r: r.get("batch32_tok_s", 0))["batch32_tok_s"]
-        lines += ["", "Ratios (Tessera / peer):", ""]
-        lines.append(f"- 32 prompts vs transformers' best: **{t['batch32_tok_s'] / best:.2f}x**")
-        if "hf_static" in results:
-            s = results["hf_static"]
+    peers = {k: v for k, v in results.items() if k.startswith("hf_")}
+    if not peers:
+        return "\n".join(lines) + "\n"
+    best = max(r["batch32_tok_s"] for r in peers.values())
+    best_single = max(r.get("single_tok_s", 0.0) for r in peers.values())
+    best_ttft = min(r.get("ttft_1000_s", float("inf")) for r in peers.values())
+    lines += ["", "Ratios against transformers' best figure in the same run (any mode):", ""]
+    for name in ("tessera", "tessera_bf16w"):
+        if name in results:
+            t = results[name]
             lines.append(
-                f"- single stream vs transformers: **{t['single_tok_s'] / s['single_tok_s']:.2f}x**"
-            )
-            lines.append(
-                "- TTFT 1,000 tokens, transformers' time / Tessera's (above 1: Tessera "
-                f"faster): **{s['ttft_1000_s'] / t['ttft_1000_s']:.2f}x**"
+                f"- {name}: 32 prompts **{t['batch32_tok_s'] / best:.2f}x**, single stream "
+                f"**{t['single_tok_s'] / best_single:.2f}x**, TTFT (their time / ours) "
+                f"**{best_ttft / t['ttft_1000_s']:.2f}x**"
             )
     return "\n".join(lines) + "\n"
 
@@ -193,12 +196,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--only", choices=["tessera", "hf_static", "hf_continuous"], action="append")
+    ap.add_argument(
+        "--only",
+        choices=["tessera", "tessera_bf16w", "hf_static", "hf_static_bf16", "hf_continuous"],
+        action="append",
+    )
     ap.add_argument(
         "--out", type=Path, help="report file (default bench/results/engine_throughput-DATE.md)"
     )
     args = ap.parse_args()
-    which = args.only or ["tessera", "hf_static", "hf_continuous"]
+    which = args.only or [
+        "tessera", "tessera_bf16w", "hf_static", "hf_static_bf16", "hf_continuous"
+    ]  # fmt: skip
     tok = load_model(None).tokenizer
     prompts, long = chat_prompts(tok), long_prompt(tok)
     print(
@@ -210,6 +219,14 @@ def main() -> None:
         results["tessera"] = bench_tessera(prompts, long)
         print("tessera", json.dumps(results["tessera"]), flush=True)
         gc.collect()
+    if "tessera_bf16w" in which:
+        results["tessera_bf16w"] = bench_tessera(prompts, long, weight_dtype="bfloat16")
+        print("tessera_bf16w", json.dumps(results["tessera_bf16w"]), flush=True)
+        gc.collect()
+    if "hf_static_bf16" in which:
+        results["hf_static_bf16"] = bench_hf_static(hf_model(torch.bfloat16), prompts, long)
+        print("hf_static_bf16", json.dumps(results["hf_static_bf16"]), flush=True)
+        gc.collect()
     if {"hf_static", "hf_continuous"} & set(which):
         model = hf_model()
         if "hf_static" in which:
@@ -219,7 +236,7 @@ def main() -> None:
             results["hf_continuous"] = bench_hf_continuous(model, prompts)
             print("hf_continuous", json.dumps(results["hf_continuous"]), flush=True)
     command = "python bench/engine_throughput.py" + "".join(f" --only {w}" for w in args.only or [])
-    text = report(results, command) if "tessera" in results else json.dumps(results)
+    text = report(results, command)
     print(text)
     out = (
         args.out

@@ -104,6 +104,11 @@ class BackendConfig(BaseModel):
         "auto", description="activation/KV dtype; auto = float32 on CPU, bfloat16 on CUDA"
     )
     num_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
+    weight_dtype: Literal["same", "bfloat16"] = Field(
+        "same",
+        description="matmul weight precision: same = --dtype; bfloat16 = bf16 weights with "
+        "float32 activations, norms, attention and KV (CPU; faster, not bit-exact)",
+    )
     native_kernels: bool = Field(
         True,
         description="compile Tessera's C++ paged decode-attention kernel on CPU (PyTorch "

@@ -73,6 +73,7 @@ class LLMEngine:
                 quantization=config.backend.quantization,
                 num_threads=config.backend.num_threads,
                 native_kernels=config.backend.native_kernels,
+                weight_dtype=config.backend.weight_dtype,
                 max_model_len=self.max_model_len,
             ),
         )
@@ -86,6 +87,7 @@ class LLMEngine:
             backend=config.backend.name,
             device=device,
             dtype=dtype,
+            weight_dtype=dtype if config.backend.weight_dtype == "same" else "bfloat16",
             num_blocks=num_blocks,
             block_size=cache.block_size,
             kv_cache_bytes=num_blocks * self.backend.kv_bytes_per_block(cache.block_size),

@@ -22,6 +22,7 @@ class EngineCapacity:
     backend: str
     device: str
     dtype: str
+    weight_dtype: str
     num_blocks: int
     block_size: int
     kv_cache_bytes: int
@@ -44,6 +45,7 @@ class EngineCapacity:
         gib = self.kv_cache_bytes / 1024**3
         return (
             f"backend={self.backend} device={self.device} dtype={self.dtype} "
+            f"weights={self.weight_dtype} "
             f"kv={gib:.2f}GiB ({self.num_blocks} blocks x {self.block_size} = "
             f"{self.num_kv_tokens} tokens) max_model_len={self.max_model_len} "
             f"full-context seqs={self.max_concurrent_full_context:.1f} "

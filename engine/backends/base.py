@@ -42,6 +42,7 @@ class BackendOptions:
     # Models up to this size keep a transposed weight copy on CPU for faster
     # single-stream decode (1.4x, at twice the weight memory).
     cpu_transposed_weights_max_bytes: int = 2 * 1024**3
+    weight_dtype: str = "same"  # "bfloat16": matmul weights in bf16, activations float32 (CPU)
     native_kernels: bool = True  # compiled CPU decode attention, where a compiler exists
 
 

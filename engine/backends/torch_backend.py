@@ -37,7 +37,11 @@ class TorchBackend(Backend):
         # RoPE tables stay float32 so positions far out keep their precision.
         self.model.rotary.float()
         weight_bytes = cfg.num_parameters * self.dtype.itemsize
-        if self.device.type == "cpu" and weight_bytes <= options.cpu_transposed_weights_max_bytes:
+        if options.weight_dtype == "bfloat16":
+            if self.device.type != "cpu" or self.dtype != torch.float32:
+                raise ValueError("--weight-dtype bfloat16 is a CPU mode over float32 activations")
+            self.model.use_bfloat16_weights()
+        elif self.device.type == "cpu" and weight_bytes <= options.cpu_transposed_weights_max_bytes:
             self.model.keep_transposed_weights()
         self.caches: list[PagedKVCache] = []
         self.native_decode = None

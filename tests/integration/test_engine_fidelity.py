@@ -137,3 +137,22 @@ def test_greedy_text_equals_transformers_generate(
     n = len(result.completions[0].token_ids)
     assert result.completions[0].token_ids == ref[:n]
     assert "Paris" in result.completions[0].text
+
+
+def test_bfloat16_weights_agree_with_the_float32_reference(
+    smollm2_bundle: ModelBundle, hf_reference_model: Any
+) -> None:
+    """The bf16-weight speed mode is not exact; it must keep 95 % top-1 agreement."""
+    engine = make_engine(smollm2_bundle, backend={"weight_dtype": "bfloat16"})
+    prompts = chat_prompts(smollm2_bundle)
+    results = engine.generate(prompts, GREEDY)
+    agree = total = 0
+    for prompt, result in zip(prompts, results, strict=True):
+        output = result.completions[0].token_ids
+        ids = torch.tensor([prompt + output])
+        with torch.inference_mode():
+            best = hf_reference_model(ids).logits[0, len(prompt) - 1 : -1].argmax(-1)
+        agree += int((best == torch.tensor(output)).sum())
+        total += len(output)
+    print(f"bf16 weights: top-1 agreement {agree}/{total}")
+    assert agree / total >= 0.95

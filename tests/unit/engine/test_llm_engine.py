@@ -225,3 +225,19 @@ def test_bfloat16_on_cpu_generates_like_float32_mostly(tiny: ModelBundle) -> Non
     expected = tokens(engine_for(tiny).generate(PROMPTS, GREEDY))
     assert sum(a[0] == b[0] for a, b in zip(got, expected, strict=True)) >= len(PROMPTS) - 1
     assert bf16.kv.num_free_blocks == bf16.kv.num_blocks
+
+
+def test_bfloat16_weights_keep_float32_activations(tiny: ModelBundle) -> None:
+    config = EngineConfig(
+        model={"max_model_len": 512},
+        cache={"kv_cache_memory": "64MiB", "block_size": 4},
+        backend={"weight_dtype": "bfloat16"},
+    )
+    engine = LLMEngine(config, bundle=tiny)
+    assert engine.capacity.dtype == "float32" and engine.capacity.weight_dtype == "bfloat16"
+    got = tokens(engine.generate(PROMPTS, GREEDY))
+    expected = tokens(engine_for(tiny).generate(PROMPTS, GREEDY))
+    assert sum(a[0] == b[0] for a, b in zip(got, expected, strict=True)) >= len(PROMPTS) - 1
+    bad = EngineConfig(backend={"weight_dtype": "bfloat16", "dtype": "bfloat16"})
+    with pytest.raises(ValueError, match="float32 activations"):
+        LLMEngine(bad, bundle=tiny)
