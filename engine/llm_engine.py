@@ -199,9 +199,10 @@ class LLMEngine:
         runner_output = self.runner.execute(scheduler_output)
         updates = self.scheduler.update(scheduler_output, runner_output)
         outputs = self.outputs.process(updates)
-        for out in outputs:
-            if out.finished:
-                self._deadlines.pop(out.request_id, None)
+        if self._deadlines:
+            for out in outputs:
+                if out.finished:
+                    self._deadlines.pop(out.request_id, None)
         return expired + outputs
 
     def _abort_expired(self) -> list[RequestOutput]:

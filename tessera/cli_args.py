@@ -62,6 +62,16 @@ def add_settings_flags(parser: argparse.ArgumentParser, settings_cls: type[BaseM
             )
 
 
+def flag_for(settings_cls: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    """The CLI flag of a settings field from a validation error's location."""
+    if len(loc) >= 2:
+        group = settings_cls.model_fields.get(str(loc[0]))
+        sub = group.annotation if group else None
+        if isinstance(sub, type) and issubclass(sub, BaseModel) and str(loc[1]) in sub.model_fields:
+            return _flag(str(loc[1]), sub.model_fields[str(loc[1])].json_schema_extra)
+    return _flag(str(loc[-1]), None) if loc else "settings"
+
+
 def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The flags actually given, nested by group, to pass as settings init kwargs."""
     nested: dict[str, Any] = {}

@@ -97,8 +97,11 @@ class TorchBackend(Backend):
         dec = np.nonzero(is_decode)[0]
         max_blocks = int(-(-ctx[dec].max() // bs)) if dec.size else 0
         dec_ctx = torch.from_numpy(ctx[dec])
-        key_pos = torch.arange(max_blocks * bs)
-        mask = (key_pos.unsqueeze(0) < dec_ctx.unsqueeze(1)).view(len(dec), 1, 1, max_blocks * bs)
+        mask = None
+        if self.native_decode is None:  # only the SDPA fallback needs an explicit mask
+            key_pos = torch.arange(max_blocks * bs)
+            mask = (key_pos[None] < dec_ctx[:, None]).view(len(dec), 1, 1, max_blocks * bs)
+            mask = mask.to(dev)
         prefills = [
             PrefillSpan(
                 token_start=int(qsl[i]),
@@ -116,7 +119,7 @@ class TorchBackend(Backend):
             decode_block_tables=torch.from_numpy(
                 np.ascontiguousarray(inputs.block_tables[dec, :max_blocks])
             ).to(dev),
-            decode_mask=mask.to(dev),
+            decode_mask=mask,
             prefills=prefills,
             num_decodes=int(dec.size),
             decode_context_lens=dec_ctx,

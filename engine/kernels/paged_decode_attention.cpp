@@ -31,14 +31,20 @@ torch::Tensor paged_decode_attention(
   q = q.contiguous();
   block_tables = block_tables.contiguous();
   context_lens = context_lens.contiguous();
-  TORCH_CHECK(context_lens.numel() == 0 ||
-                  (context_lens.min().item<int64_t>() >= 1 &&
-                   context_lens.max().item<int64_t>() <= block_tables.size(1) * k_cache.size(1)),
-              "context lengths must lie within the block tables");
-  TORCH_CHECK(block_tables.numel() == 0 ||
-                  (block_tables.min().item<int64_t>() >= 0 &&
-                   block_tables.max().item<int64_t>() < k_cache.size(0)),
-              "block ids must lie within the pool");
+  // Bounds are checked with plain loops over the (small) tables: no tensor ops on
+  // a path that runs once per layer per step.
+  const int64_t* lens = context_lens.data_ptr<int64_t>();
+  const int64_t* table = block_tables.data_ptr<int64_t>();
+  const int64_t table_width = block_tables.size(1), pool_blocks = k_cache.size(0);
+  for (int64_t s = 0; s < q.size(0); ++s) {
+    TORCH_CHECK(lens[s] >= 1 && lens[s] <= table_width * k_cache.size(1),
+                "context lengths must lie within the block tables");
+    const int64_t used = (lens[s] + k_cache.size(1) - 1) / k_cache.size(1);
+    for (int64_t b = 0; b < used; ++b) {
+      const int64_t id = table[s * table_width + b];
+      TORCH_CHECK(id >= 0 && id < pool_blocks, "block ids must lie within the pool");
+    }
+  }
   const int64_t num_seqs = q.size(0), num_heads = q.size(1), head_dim = q.size(2);
   const int64_t block_size = k_cache.size(1), num_kv_heads = k_cache.size(2);
   const int64_t group = num_heads / num_kv_heads;

@@ -26,10 +26,11 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] flat slot of each token's K/V
     decode_rows: torch.Tensor  # [num_decodes] rows of the flat batch that decode
     decode_block_tables: torch.Tensor  # [num_decodes, max_blocks]
-    decode_mask: torch.Tensor  # [num_decodes, 1, 1, max_blocks * block_size] True = attend
+    decode_mask: torch.Tensor | None  # [num_decodes, 1, 1, max_blocks * bs] True = attend;
+    # None when native_decode reads the context lengths itself
     prefills: list[PrefillSpan]
     num_decodes: int
-    decode_context_lens: torch.Tensor | None = None  # [num_decodes] int64, for native_decode
+    decode_context_lens: torch.Tensor  # [num_decodes] int64
     native_decode: Callable[..., torch.Tensor] | None = None
     """engine.kernels' paged_decode_attention when built: reads blocks in place."""
 
@@ -66,7 +67,7 @@ class PagedKVCache:
 
 def _decode(q: torch.Tensor, cache: PagedKVCache, meta: AttentionMetadata) -> torch.Tensor:
     """One query token per sequence, q [D, heads, hd], against its cached keys."""
-    if meta.native_decode is not None and meta.decode_context_lens is not None:
+    if meta.native_decode is not None:
         scale = q.shape[-1] ** -0.5
         tables, lens = meta.decode_block_tables, meta.decode_context_lens
         return meta.native_decode(q, cache.k, cache.v, tables, lens, scale)

@@ -20,6 +20,7 @@ from tessera.cli_args import (
     add_dataclass_flags,
     add_settings_flags,
     dataclass_overrides,
+    flag_for,
     settings_overrides,
 )
 
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except ValidationError as e:
         detail = e.errors()[0]
-        flag = "--" + str(detail["loc"][-1]).replace("_", "-") if detail["loc"] else "settings"
+        flag = flag_for(EngineConfig, tuple(detail["loc"]))
         print(f"tessera generate: error: {flag}: {detail['msg']}", file=sys.stderr)
         return 2
     except (ValueError, json.JSONDecodeError, KeyError) as e:

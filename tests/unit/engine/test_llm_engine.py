@@ -30,11 +30,17 @@ def tiny() -> ModelBundle:
     return load_model("dummy:tiny", seed=3)
 
 
-def engine_for(bundle: ModelBundle, kv: str = "64MiB", **sched: int | str) -> LLMEngine:
+def engine_for(
+    bundle: ModelBundle,
+    kv: str = "64MiB",
+    backend: dict[str, str] | None = None,
+    **sched: int | str,
+) -> LLMEngine:
     config = EngineConfig(
         model={"max_model_len": 512},
         cache={"kv_cache_memory": kv, "block_size": 4},
         scheduler={"max_num_batched_tokens": 64, **sched},
+        backend=backend or {},
     )
     return LLMEngine(config, bundle=bundle)
 
@@ -212,12 +218,7 @@ def test_deadline_passed_aborts_and_frees_blocks(tiny: ModelBundle) -> None:
 
 
 def test_bfloat16_on_cpu_generates_like_float32_mostly(tiny: ModelBundle) -> None:
-    config = EngineConfig(
-        model={"max_model_len": 512},
-        cache={"kv_cache_memory": "64MiB", "block_size": 4},
-        backend={"dtype": "bfloat16"},
-    )
-    bf16 = LLMEngine(config, bundle=tiny)
+    bf16 = engine_for(tiny, backend={"dtype": "bfloat16"})
     assert bf16.capacity.dtype == "bfloat16"
     got = tokens(bf16.generate(PROMPTS, GREEDY))
     assert all(len(t) == GREEDY.max_tokens for t in got)
@@ -228,12 +229,7 @@ def test_bfloat16_on_cpu_generates_like_float32_mostly(tiny: ModelBundle) -> Non
 
 
 def test_bfloat16_weights_keep_float32_activations(tiny: ModelBundle) -> None:
-    config = EngineConfig(
-        model={"max_model_len": 512},
-        cache={"kv_cache_memory": "64MiB", "block_size": 4},
-        backend={"weight_dtype": "bfloat16"},
-    )
-    engine = LLMEngine(config, bundle=tiny)
+    engine = engine_for(tiny, backend={"weight_dtype": "bfloat16"})
     assert engine.capacity.dtype == "float32" and engine.capacity.weight_dtype == "bfloat16"
     got = tokens(engine.generate(PROMPTS, GREEDY))
     expected = tokens(engine_for(tiny).generate(PROMPTS, GREEDY))

@@ -41,6 +41,7 @@ def test_settings_flags_reach_the_engine(capsys: pytest.CaptureFixture[str]) -> 
         (["--model", "dummy:no-such-preset"], "no-such-preset"),
         (["--temperature", "-1"], "temperature"),
         (["--kv-cache-memory", "lots"], "not a size"),
+        (["--max-model-len", "3"], "--max-model-len"),
     ],
 )
 def test_bad_input_gives_one_clear_error_line(
