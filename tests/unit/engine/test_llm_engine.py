@@ -33,7 +33,7 @@ def tiny() -> ModelBundle:
 def engine_for(
     bundle: ModelBundle,
     kv: str = "64MiB",
-    backend: dict[str, str] | None = None,
+    backend: dict[str, str | bool] | None = None,
     **sched: int | str,
 ) -> LLMEngine:
     config = EngineConfig(
@@ -237,3 +237,11 @@ def test_bfloat16_weights_keep_float32_activations(tiny: ModelBundle) -> None:
     bad = EngineConfig(backend={"weight_dtype": "bfloat16", "dtype": "bfloat16"})
     with pytest.raises(ValueError, match="float32 activations"):
         LLMEngine(bad, bundle=tiny)
+
+
+def test_native_kernels_off_uses_sdpa_and_gives_the_same_tokens(tiny: ModelBundle) -> None:
+    plain = engine_for(tiny, backend={"native_kernels": False})
+    assert plain.backend.native_decode is None
+    assert tokens(plain.generate(PROMPTS, GREEDY)) == tokens(
+        engine_for(tiny).generate(PROMPTS, GREEDY)
+    )
