@@ -4,7 +4,6 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-PROTOS := $(shell find proto -name '*.proto' 2>/dev/null)
 
 .PHONY: setup serve test lint proto proto-check clean bench
 
@@ -35,9 +34,10 @@ lint: setup
 	$(VENV)/bin/mypy
 
 proto: setup
-	@if [ -z "$(PROTOS)" ]; then echo "no .proto files under proto/ yet"; else \
-	  $(PY) -m grpc_tools.protoc -Iproto --python_out=proto --grpc_python_out=proto \
-	    --pyi_out=proto $(PROTOS); fi
+	$(PY) proto/generate.py
+
+proto-check: setup
+	$(PY) proto/generate.py --check
 
 bench: setup
 	$(PY) bench/engine_throughput.py

@@ -17,9 +17,9 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from engine.llm_engine import EngineStats, LLMEngine
+from engine.llm_engine import EngineStats, LLMEngine, StepStats
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 
@@ -41,12 +41,59 @@ class _Stream:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
+class StepObserver(Protocol):
+    """Told about every engine step and request output, on the engine thread (metrics)."""
+
+    def on_step(self, step: StepStats, stats: EngineStats) -> None:
+        """Called after each step with what it did and the load after it."""
+
+    def on_outputs(self, outputs: list[RequestOutput]) -> None:
+        """Called with every request output: a step's, or an abort's final one."""
+
+
+class RequestStream:
+    """One accepted request's outputs; closing it early aborts the request."""
+
+    def __init__(
+        self, engine: AsyncEngine, request_id: str, prompt_token_ids: list[int], stream: _Stream
+    ) -> None:
+        self.request_id = request_id
+        self.prompt_token_ids = prompt_token_ids
+        self._engine = engine
+        self._stream = stream
+        self._finished = False
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self._finished:
+            raise StopAsyncIteration
+        try:
+            item = await self._stream.queue.get()
+        except BaseException:  # cancelled while waiting: the client is gone
+            self.close()
+            raise
+        if isinstance(item, BaseException):
+            self._finished = True
+            raise item
+        self._finished = item.finished
+        return item
+
+    def close(self) -> None:
+        """Abort the request unless it already finished (idempotent)."""
+        if not self._finished:
+            self._finished = True
+            self._engine.abort(self.request_id)
+
+
 class AsyncEngine:
     """Streams RequestOutputs per request; cancelling the consumer aborts the request."""
 
-    def __init__(self, engine: LLMEngine) -> None:
+    def __init__(self, engine: LLMEngine, observer: StepObserver | None = None) -> None:
         self.engine = engine
-        self._commands: queue.Queue[Callable[[], None]] = queue.Queue()
+        self.observer = observer
+        self._commands: queue.Queue[Callable[[], object]] = queue.Queue()
         self._streams: dict[str, _Stream] = {}
         self._stopped = threading.Event()
         self._stats = engine.stats()
@@ -54,25 +101,25 @@ class AsyncEngine:
         self._thread.start()
 
     # ---- public API (any event loop) -------------------------------------
-    async def generate(
+    async def add_request(
         self,
         prompt: str | Seq[int],
         params: SamplingParams | None = None,
         request_id: str | None = None,
         priority: int = 0,
         deadline: float | None = None,
-    ) -> AsyncIterator[RequestOutput]:
-        """Yield this request's outputs step by step until it finishes.
+    ) -> RequestStream:
+        """Queue a request and return its output stream once the engine accepted it.
 
-        Raises InvalidRequestError / QueueFullError before the first output
-        when the engine refuses the request. Past ``deadline`` (time.monotonic())
-        the request ends with finish reason ABORT.
+        Raises InvalidRequestError / SamplingParamsError / QueueFullError when the
+        engine refuses it. Past ``deadline`` (time.monotonic()) the request ends
+        with finish reason ABORT.
         """
         if self._stopped.is_set():
             raise EngineDeadError("the engine has stopped")
         rid = request_id or f"req-{uuid.uuid4().hex}"
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
-        added: concurrent.futures.Future[None] = concurrent.futures.Future()
+        added: concurrent.futures.Future[list[int]] = concurrent.futures.Future()
 
         def add() -> None:
             try:
@@ -81,34 +128,40 @@ class AsyncEngine:
                 added.set_exception(e)
                 return
             self._streams[rid] = stream
-            added.set_result(None)
+            added.set_result(self.engine.outputs.requests[rid].seqs[0].prompt_token_ids)
 
         self._commands.put(add)
-        await asyncio.wrap_future(added)
-        finished = False
         try:
-            while True:
-                item = await stream.queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finished:
-                    finished = True
-                    return
+            prompt_ids = await asyncio.shield(asyncio.wrap_future(added))
+        except asyncio.CancelledError:
+            # the caller left while the engine was adding: abort whatever got added
+            self.abort(rid)
+            raise
+        return RequestStream(self, rid, prompt_ids, stream)
+
+    async def generate(
+        self,
+        prompt: str | Seq[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        priority: int = 0,
+        deadline: float | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        """Yield one request's outputs step by step until it finishes (add_request + iterate)."""
+        stream = await self.add_request(prompt, params, request_id, priority, deadline)
+        try:
+            async for out in stream:
+                yield out
         finally:
-            if not finished:
-                self.abort(rid)
+            stream.close()
 
     def abort(self, request_id: str) -> None:
         """Abort a request; its blocks are freed before the next step."""
+        self._commands.put(lambda: self._abort_now(request_id))
 
-        def do_abort() -> None:
-            stream = self._streams.pop(request_id, None)
-            out = self.engine.abort(request_id)
-            if stream is not None and out is not None:
-                stream.put(out)
-
-        self._commands.put(do_abort)
+    async def abort_request(self, request_id: str) -> bool:
+        """Abort a request and wait for it; True when it was in flight."""
+        return bool(await self.call(lambda _: self._abort_now(request_id)))
 
     async def call(self, fn: Callable[[LLMEngine], Any]) -> Any:
         """Run fn(engine) on the engine thread between steps and return its result."""
@@ -157,7 +210,28 @@ class AsyncEngine:
                     del self._streams[out.request_id]
                 stream.put(out)
             self._stats = self.engine.stats()
+            self._observe(outputs)
         self._fail_all(EngineDeadError("the engine has stopped"))
+
+    def _observe(self, outputs: list[RequestOutput], step: bool = True) -> None:
+        if self.observer is None:
+            return
+        try:
+            if step:
+                self.observer.on_step(self.engine.last_step, self._stats)
+            self.observer.on_outputs(outputs)
+        except Exception:  # a metrics bug must not stop serving
+            log.exception("step observer failed")
+
+    def _abort_now(self, request_id: str) -> bool:
+        stream = self._streams.pop(request_id, None)
+        out = self.engine.abort(request_id)
+        if out is None:
+            return False
+        if stream is not None:
+            stream.put(out)
+        self._observe([out], step=False)
+        return True
 
     def _drain_commands(self, block: bool) -> None:
         try:

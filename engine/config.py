@@ -127,3 +127,30 @@ class EngineConfig(BaseSettings):
     cache: CacheConfig = Field(default_factory=lambda: CacheConfig())
     scheduler: SchedulerConfig = Field(default_factory=lambda: SchedulerConfig())
     backend: BackendConfig = Field(default_factory=lambda: BackendConfig())
+
+
+class ServerConfig(BaseModel):
+    """The engine pod's network side: gRPC, the HTTP metrics/health port, draining."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("0.0.0.0", description="address the gRPC and HTTP servers bind")
+    port: int = Field(50061, ge=0, le=65535, description="gRPC port (0 picks a free one)")
+    metrics_port: int = Field(
+        8001, ge=0, le=65535, description="HTTP port of /metrics, /health, /ready (0: free one)"
+    )
+    drain_timeout: float = Field(
+        30.0, ge=0, description="seconds in-flight requests get to finish after SIGTERM"
+    )
+    retry_after: float = Field(
+        1.0, gt=0, description="seconds a client is told to wait after RESOURCE_EXHAUSTED"
+    )
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="largest gRPC message accepted or sent"
+    )
+
+
+class EnginePodConfig(EngineConfig):
+    """Root of `tessera engine`: the engine's settings plus its server's."""
+
+    server: ServerConfig = Field(default_factory=lambda: ServerConfig())

@@ -39,6 +39,15 @@ class EngineStats:
     num_preemptions: int
 
 
+@dataclass(frozen=True)
+class StepStats:
+    """What the last engine step did (for the tokens-per-step and step-time metrics)."""
+
+    num_batched_tokens: int
+    num_scheduled_seqs: int
+    seconds: float
+
+
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -114,6 +123,7 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self._request_ids = itertools.count()
         self._deadlines: dict[str, float] = {}
+        self.last_step = StepStats(0, 0, 0.0)
 
     # ---- requests --------------------------------------------------------
     def tokenize_prompt(self, prompt: str | Seq[int]) -> list[int]:
@@ -194,11 +204,17 @@ class LLMEngine:
     # ---- the loop --------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Schedule, execute, update; then turn the updates into request outputs."""
+        t0 = time.perf_counter()
         expired = self._abort_expired() if self._deadlines else []
         scheduler_output = self.scheduler.schedule()
         runner_output = self.runner.execute(scheduler_output)
         updates = self.scheduler.update(scheduler_output, runner_output)
         outputs = self.outputs.process(updates)
+        self.last_step = StepStats(
+            scheduler_output.num_batched_tokens,
+            len(scheduler_output.scheduled),
+            time.perf_counter() - t0,
+        )
         if self._deadlines:
             for out in outputs:
                 if out.finished:

@@ -15,6 +15,11 @@ from engine.sequence import FinishReason, Sequence, SequenceStatus, TokenLogprob
 class QueueFullError(Exception):
     """The waiting queue is at its limit; the request is refused at once."""
 
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        """Seconds the caller is advised to wait before retrying, when known."""
+
 
 class SchedulingPolicy(str, enum.Enum):
     """Order of admission from the waiting queue."""

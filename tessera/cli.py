@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from tessera.commands import generate
+from tessera.commands import engine, generate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     generate.register(sub)
+    engine.register(sub)
     return parser
 
 

@@ -30,6 +30,7 @@ def _add_option(
 ) -> None:
     base = _base_type(annotation)
     show = f"{help_} (default: {default!r})" if help_ else f"default: {default!r}"
+    show = show.replace("%", "%%")  # argparse expands %-formats in help
     kw: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": show}
     if base is bool:
         group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)

@@ -1,0 +1,40 @@
+"""`tessera engine`: one engine pod (gRPC on 50061, /metrics /health /ready on 8001)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from pydantic import ValidationError
+
+from engine.config import EnginePodConfig
+from engine.model_source import ModelSourceError
+from tessera.cli_args import add_settings_flags, flag_for, settings_overrides
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "engine",
+        help="run one engine pod (gRPC + metrics)",
+        description="Load the model behind the tessera.engine.v1 gRPC service; drain on SIGTERM.",
+    )
+    add_settings_flags(p, EnginePodConfig)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.service.server import EnginePod  # grpc and the model stack load only here
+
+    try:
+        config = EnginePodConfig(**settings_overrides(args))
+    except ValidationError as e:
+        detail = e.errors()[0]
+        flag = flag_for(EnginePodConfig, tuple(detail["loc"]))
+        print(f"tessera engine: error: {flag}: {detail['msg']}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(EnginePod(config).serve_forever())
+    except (ModelSourceError, OSError) as e:
+        print(f"tessera engine: error: {e}", file=sys.stderr)
+        return 2

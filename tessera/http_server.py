@@ -1,0 +1,56 @@
+"""Run an ASGI app inside an existing event loop, leaving signals to the process's owner."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # The service decides what SIGTERM means (drain first); uvicorn must not exit on it.
+        yield
+
+
+class HTTPServer:
+    """uvicorn serving one app on host:port (0 picks a free port) until stop()."""
+
+    def __init__(self, app: Any, host: str, port: int, **uvicorn_options: Any) -> None:
+        options = {"log_level": "warning", "lifespan": "off", **uvicorn_options}
+        self._server = _Server(uvicorn.Config(app, host=host, port=port, **options))
+        self._task: asyncio.Task[None] | None = None
+        self.port = port
+
+    async def start(self) -> int:
+        """Bind and start serving; returns the bound port."""
+        sock = self._server.config.bind_socket()
+        self.port = sock.getsockname()[1]
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raise the start-up error
+            await asyncio.sleep(0.01)
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop accepting, let open requests finish briefly, then return."""
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (for tests and local defaults)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
