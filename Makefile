@@ -21,8 +21,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 serve: setup
-	$(VENV)/bin/tessera generate "What is the capital of France? Answer briefly." \
-		"Write a haiku about a lighthouse."
+	$(VENV)/bin/tessera serve
 
 test: setup
 	@bash .ci/ensure-redis

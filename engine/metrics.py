@@ -43,12 +43,18 @@ class _LoadCollector(Collector):
         for name, doc, value in gauges:
             yield GaugeMetricFamily(f"tessera_engine_{name}", doc, value=value)
         counters = [
-            ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
-             s.prefix_cache_queries),
+            (
+                "prefix_cache_queries",
+                "Prompt tokens looked up in the prefix cache.",
+                s.prefix_cache_queries,
+            ),
             ("prefix_cache_hits", "Prompt tokens found in the prefix cache.", s.prefix_cache_hits),
-            ("preemptions", "Sequences preempted (recomputed later) for lack of blocks.",
-             s.num_preemptions),
-        ]  # fmt: skip
+            (
+                "preemptions",
+                "Sequences preempted (recomputed later) for lack of blocks.",
+                s.num_preemptions,
+            ),
+        ]
         for name, doc, value in counters:
             yield CounterMetricFamily(f"tessera_engine_{name}", doc, value=value)
 
@@ -60,9 +66,10 @@ class EngineMetrics:
         registry.register(_LoadCollector(stats))
         p = "tessera_engine_"
         self.prompt_tokens = Counter(
-            p + "prompt_tokens", "Prompt tokens of requests that started generating.",
+            p + "prompt_tokens",
+            "Prompt tokens of requests that started generating.",
             registry=registry,
-        )  # fmt: skip
+        )
         self.generation_tokens = Counter(
             p + "generation_tokens", "Generated tokens.", registry=registry
         )

@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from tessera.commands import engine, generate
+from tessera.commands import engine, gateway, generate, keys, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,8 +17,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    generate.register(sub)
+    serve.register(sub)
     engine.register(sub)
+    gateway.register(sub)
+    generate.register(sub)
+    keys.register(sub)
     return parser
 
 

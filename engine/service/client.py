@@ -18,6 +18,7 @@ import grpc
 
 from engine.async_engine import AsyncEngine, EngineDeadError, RequestStream
 from engine.errors import InvalidRequestError, QueueFullError
+from engine.model_source.tokenizer import Tokenizer
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.service import convert
@@ -68,6 +69,9 @@ class GenerationStream(Protocol):
     async def aclose(self) -> None:
         """Stop reading; aborts the request unless it finished."""
 
+    def token_text(self, token_id: int) -> str:
+        """The text of one token seen in this stream's logprobs (for API responses)."""
+
 
 class EngineClient(Protocol):
     """What the gateway needs from an engine."""
@@ -94,10 +98,14 @@ class EngineClient(Protocol):
 
 # ---- in-process --------------------------------------------------------------------------
 class _LocalStream:
-    def __init__(self, stream: RequestStream) -> None:
+    def __init__(self, stream: RequestStream, tokenizer: Tokenizer) -> None:
         self._stream = stream
+        self._tokenizer = tokenizer
         self.request_id = stream.request_id
         self.prompt_token_ids = stream.prompt_token_ids
+
+    def token_text(self, token_id: int) -> str:
+        return self._tokenizer.decode([token_id], skip_special_tokens=False)
 
     def __aiter__(self) -> AsyncIterator[RequestOutput]:
         return self._stream
@@ -132,7 +140,7 @@ class LocalEngineClient:
             stream = await self.engine.add_request(text, params, request_id, priority, deadline)
         except EngineDeadError as e:
             raise EngineUnavailableError(str(e)) from e
-        return _LocalStream(stream)
+        return _LocalStream(stream, self.engine.engine.tokenizer)
 
     async def abort(self, request_id: str) -> bool:
         return await self.engine.abort_request(request_id)
@@ -174,6 +182,10 @@ class _GrpcStream:
         self.request_id: str = first.request_id
         self.prompt_token_ids: list[int] = list(first.prompt_token_ids)
         self._done = False
+        self._texts: dict[int, str] = {}
+
+    def token_text(self, token_id: int) -> str:
+        return self._texts.get(token_id, "")
 
     def __aiter__(self) -> _GrpcStream:
         return self
@@ -189,6 +201,10 @@ class _GrpcStream:
         if msg is grpc.aio.EOF:
             self._done = True
             raise EngineCallError("the engine ended the stream before finishing")
+        for d in msg.deltas:
+            for lp in d.logprobs:
+                self._texts[lp.token_id] = lp.token
+                self._texts.update((t.token_id, t.token) for t in lp.top)
         out = convert.output_from_pb(msg)
         self._done = out.finished
         return out

@@ -18,10 +18,21 @@ _FINISH_FROM_PB = {v: k for k, v in _FINISH_TO_PB.items()}
 
 # proto SamplingParams fields whose presence is tracked (`optional`), same names as ours
 _OPTIONAL_FIELDS = (
-    "n", "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
-    "repetition_penalty", "seed", "max_tokens", "min_tokens", "ignore_eos", "logprobs",
+    "n",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "seed",
+    "max_tokens",
+    "min_tokens",
+    "ignore_eos",
+    "logprobs",
     "skip_special_tokens",
-)  # fmt: skip
+)
 
 
 def sampling_from_pb(msg: pb.SamplingParams) -> SamplingParams:

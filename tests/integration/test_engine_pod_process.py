@@ -38,11 +38,26 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float = 240.0)
 def engine_process() -> tuple[subprocess.Popen[bytes], int, int]:
     grpc_port, http_port = free_port(), free_port()
     cmd = [
-        sys.executable, "-m", "tessera.cli", "engine", "--model", "dummy:tiny",
-        "--host", "127.0.0.1", "--port", str(grpc_port), "--metrics-port", str(http_port),
-        "--kv-cache-memory", "64MiB", "--max-model-len", "512", "--drain-timeout", "60",
+        sys.executable,
+        "-m",
+        "tessera.cli",
+        "engine",
+        "--model",
+        "dummy:tiny",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(grpc_port),
+        "--metrics-port",
+        str(http_port),
+        "--kv-cache-memory",
+        "64MiB",
+        "--max-model-len",
+        "512",
+        "--drain-timeout",
+        "60",
         "--no-native-kernels",
-    ]  # fmt: skip
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ)
     try:
         wait_ready(proc, http_port)

@@ -17,11 +17,23 @@ def test_unset_sampling_fields_keep_engine_defaults() -> None:
 
 def test_sampling_params_round_trip_every_field() -> None:
     params = SamplingParams(
-        n=3, temperature=0.7, top_p=0.9, top_k=40, min_p=0.05, presence_penalty=0.5,
-        frequency_penalty=-0.5, repetition_penalty=1.1, seed=1234, max_tokens=77,
-        min_tokens=5, stop=["\n\n", "END"], stop_token_ids=[2, 3], ignore_eos=True,
-        logprobs=4, skip_special_tokens=False,
-    )  # fmt: skip
+        n=3,
+        temperature=0.7,
+        top_p=0.9,
+        top_k=40,
+        min_p=0.05,
+        presence_penalty=0.5,
+        frequency_penalty=-0.5,
+        repetition_penalty=1.1,
+        seed=1234,
+        max_tokens=77,
+        min_tokens=5,
+        stop=["\n\n", "END"],
+        stop_token_ids=[2, 3],
+        ignore_eos=True,
+        logprobs=4,
+        skip_special_tokens=False,
+    )
     back = convert.sampling_from_pb(convert.sampling_to_pb(params))
     assert back.temperature == pytest.approx(0.7)
     back.temperature = params.temperature

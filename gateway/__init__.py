@@ -1,0 +1,1 @@
+"""The API gateway: OpenAI-compatible REST and public gRPC in front of engine pods."""

@@ -1,0 +1,269 @@
+"""POST /v1/chat/completions: schemas and the handler shared by REST and gRPC."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from engine.service.client import ChatPrompt
+from gateway.api.common import SamplingFields, StrictModel, Usage, new_id, now
+from gateway.api.generation import Generation, GenerationResult, TokenLogprobs
+from gateway.engines.routing import affinity_key
+from gateway.errors import bad_request, unsupported
+
+UNSUPPORTED_CHAT_FIELDS = {
+    "tools": "tool calling (tools)",
+    "tool_choice": "tool calling (tool_choice)",
+    "functions": "function calling (functions)",
+    "function_call": "function calling (function_call)",
+    "parallel_tool_calls": "tool calling (parallel_tool_calls)",
+    "response_format": "structured output (response_format)",
+    "logit_bias": "logit_bias",
+    "audio": "audio output",
+    "modalities": "modalities other than text",
+    "prediction": "predicted outputs",
+    "web_search_options": "web search",
+    "reasoning_effort": "reasoning_effort",
+    "service_tier": "service_tier",
+    "store": "stored completions (store)",
+    "metadata": "metadata",
+}
+
+
+class ContentPart(StrictModel):
+    type: Literal["text"] = Field(..., description="only text parts are supported")
+    text: str
+
+
+class ChatMessage(StrictModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class RagOptions(StrictModel):
+    collection: str = Field(..., min_length=1)
+    top_k: int = Field(4, ge=1, le=50)
+
+
+class ChatCompletionRequest(SamplingFields):
+    """OpenAI's chat completion request (text only) plus vLLM's sampling extras."""
+
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1, description="alias of max_tokens")
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    rag: RagOptions | None = Field(None, description="retrieve context from a RAG collection")
+
+    @model_validator(mode="after")
+    def _merge_limits(self) -> ChatCompletionRequest:
+        if self.max_completion_tokens is not None:
+            self.max_tokens = self.max_completion_tokens
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs requires logprobs to be true")
+        return self
+
+    def engine_messages(self) -> list[dict[str, str]]:
+        # "developer" is OpenAI's newer name for the system role
+        return [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in self.messages
+        ]
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None
+    refusal: list[ChatTokenLogprob] | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    refusal: str | None = None
+
+
+class Citation(BaseModel):
+    document_id: str
+    chunk_id: str
+    text: str
+    score: float
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChoiceLogprobs | None
+    finish_reason: Literal["stop", "length", "abort"] | None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+    citations: list[Citation] | None = None
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length", "abort"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+    citations: list[Citation] | None = None
+
+
+def _logprobs(items: list[TokenLogprobs]) -> ChoiceLogprobs:
+    def top(t: str, lp: float) -> TopLogprob:
+        return TopLogprob(token=t, logprob=lp, bytes=list(t.encode("utf-8")))
+
+    return ChoiceLogprobs(
+        content=[
+            ChatTokenLogprob(
+                token=i.token,
+                logprob=i.logprob,
+                bytes=list(i.token.encode("utf-8")),
+                top_logprobs=[top(t, lp) for t, lp in i.top],
+            )
+            for i in items
+        ]
+    )
+
+
+def _finish(reason: str | None) -> Any:
+    return reason
+
+
+class ChatHandler:
+    """Turns a ChatCompletionRequest into an engine generation and OpenAI's response shapes."""
+
+    def __init__(self, generation: Generation) -> None:
+        self.generation = generation
+
+    def prepare(self, req: ChatCompletionRequest) -> tuple[ChatPrompt, str | None]:
+        messages = req.engine_messages()
+        if req.messages[-1].role == "assistant":
+            raise bad_request("the last message must not be from the assistant", "messages")
+        return ChatPrompt(messages), affinity_key(messages, None)
+
+    async def create(
+        self, req: ChatCompletionRequest, ctx: Any
+    ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]:
+        if req.rag is not None and self.generation.retriever is None:
+            raise unsupported("rag", "retrieval (no RAG service is configured)")
+        prompt, key = self.prepare(req)
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        run = await self.generation.start(ctx, req, prompt, key, logprobs, route="chat")
+        if req.stream:
+            return self._stream(req, run)
+        result = await run.collect()
+        return self.completion(req, result)
+
+    def completion(self, req: ChatCompletionRequest, result: GenerationResult) -> ChatCompletion:
+        choices = [
+            ChatChoice(
+                index=c.index,
+                message=AssistantMessage(content=c.text),
+                logprobs=_logprobs(c.logprobs) if req.logprobs else None,
+                finish_reason=c.finish_reason,
+            )
+            for c in result.choices
+        ]
+        return ChatCompletion(
+            id=result.id,
+            created=result.created,
+            model=req.model,
+            choices=choices,
+            usage=result.usage,
+            citations=_citations(result),
+        )
+
+    async def _stream(
+        self, req: ChatCompletionRequest, run: Any
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        rid, created = run.id, now()
+
+        def chunk(
+            choices: list[ChatChunkChoice], usage: Usage | None = None
+        ) -> ChatCompletionChunk:
+            return ChatCompletionChunk(
+                id=rid, created=created, model=req.model, choices=choices, usage=usage
+            )
+
+        first = chunk(
+            [
+                ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))
+                for i in range(req.n)
+            ]
+        )
+        first.citations = _citations(run)
+        yield first
+        async for event in run.events():
+            if event.text or event.logprobs:
+                yield chunk(
+                    [
+                        ChatChunkChoice(
+                            index=event.index,
+                            delta=ChatDelta(content=event.text),
+                            logprobs=_logprobs(event.logprobs) if req.logprobs else None,
+                        )
+                    ]
+                )
+            if event.finish_reason is not None:
+                yield chunk(
+                    [
+                        ChatChunkChoice(
+                            index=event.index, delta=ChatDelta(), finish_reason=event.finish_reason
+                        )
+                    ]
+                )
+        if req.include_usage:
+            yield chunk([], run.usage)
+
+
+def _citations(result: Any) -> list[Citation] | None:
+    chunks = getattr(result, "citations", None)
+    if chunks is None:
+        return None
+    return [Citation(**c) for c in chunks]
+
+
+def new_chat_id() -> str:
+    return new_id("chatcmpl")

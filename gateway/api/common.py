@@ -1,0 +1,131 @@
+"""Schema pieces and conversions shared by the chat and completions endpoints."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.sampling_params import SamplingParams, SamplingParamsError
+from gateway.errors import APIError, bad_request
+
+MAX_N = 16
+"""Completions per request; OpenAI caps n at 128, a CPU engine cannot serve that usefully."""
+
+
+class StrictModel(BaseModel):
+    """Unknown fields are a 400 naming them, as OpenAI does."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(StrictModel):
+    include_usage: bool = Field(False, description="send a final chunk with the usage")
+
+
+class SamplingFields(StrictModel):
+    """Sampling fields common to chat and completions (OpenAI plus vLLM's extras)."""
+
+    model: str = Field(..., description="model id from /v1/models")
+    n: int = Field(1, ge=1, le=MAX_N, description="completions to generate")
+    max_tokens: int | None = Field(None, ge=1, description="cap on generated tokens")
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(None, description="same seed and request, same output")
+    stop: str | list[str] | None = Field(None, description="up to 4 stop sequences")
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(None, max_length=256, description="end-user id (logged as given)")
+    # vLLM's extras
+    top_k: int = Field(0, ge=-1, description="keep the k most likely tokens; 0/-1 off")
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    min_tokens: int = Field(0, ge=0)
+    ignore_eos: bool = False
+
+    def stop_list(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > 4:
+            raise bad_request("at most 4 stop sequences are allowed", "stop")
+        if any(not s for s in stops):
+            raise bad_request("stop sequences must be non-empty", "stop")
+        return stops
+
+    def sampling_params(self, max_model_len: int, logprobs: int | None) -> SamplingParams:
+        """Engine params; max_tokens defaults to the rest of the context."""
+        max_tokens = self.max_tokens if self.max_tokens is not None else max_model_len
+        if max_tokens > max_model_len:
+            raise bad_request(
+                f"max_tokens is {max_tokens}, but this model's context length is "
+                f"{max_model_len} tokens",
+                "max_tokens",
+                "context_length_exceeded",
+            )
+        try:
+            return SamplingParams(
+                n=self.n,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                top_k=self.top_k,
+                min_p=self.min_p,
+                presence_penalty=self.presence_penalty,
+                frequency_penalty=self.frequency_penalty,
+                repetition_penalty=self.repetition_penalty,
+                seed=self.seed,
+                max_tokens=max_tokens,
+                min_tokens=min(self.min_tokens, max_tokens),
+                stop=self.stop_list(),
+                ignore_eos=self.ignore_eos,
+                logprobs=logprobs,
+            )
+        except SamplingParamsError as e:
+            raise bad_request(str(e), str(e).split(" ", 1)[0]) from e
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+
+def make_usage(prompt: int, completion: int, cached: int) -> Usage:
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+    )
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def reject_fields(body: dict[str, Any], fields: dict[str, str]) -> None:
+    """400 for OpenAI features this server does not implement (never silently ignored)."""
+    for name, what in fields.items():
+        if body.get(name) not in (None, [], {}):
+            raise APIError(
+                400,
+                f"{what} is not supported by this server",
+                "invalid_request_error",
+                name,
+                "unsupported_parameter",
+            )

@@ -1,0 +1,92 @@
+"""Gateway settings: one pydantic-settings root composed of one model per concern.
+
+Every leaf is a CLI flag of `tessera gateway` / `tessera serve` and an environment
+variable (``TESSERA_GATEWAY_ROUTING__POLICY``); flags win over the environment.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine.config import EngineConfig
+from gateway.engines.routing import RoutingPolicyName
+from gateway.settings_parts import AuthConfig, RateLimitConfig, RedisConfig, ResponseCacheConfig
+
+
+class HTTPConfig(BaseModel):
+    """The REST and public gRPC fronts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="bind address of REST and gRPC")
+    port: int = Field(8000, ge=0, le=65535, description="REST port (0 picks a free one)")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="public gRPC port; 0 picks one")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger bodies get 413")
+    max_inflight: int = Field(
+        256, ge=1, description="generations in flight at once; beyond it 429 at once"
+    )
+    request_timeout: float = Field(600.0, gt=0, description="seconds a generation may take")
+    drain_timeout: float = Field(
+        30.0, ge=0, description="seconds in-flight requests get at SIGTERM"
+    )
+
+
+class RoutingConfig(BaseModel):
+    """Which engines exist and how a request picks one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engines: list[str] = Field(
+        default_factory=list, description="engine gRPC addresses host:port (repeat the flag)"
+    )
+    dns: str | None = Field(
+        None, description="host:port resolved to every address (a Kubernetes headless service)"
+    )
+    policy: RoutingPolicyName = Field(
+        RoutingPolicyName.PREFIX_AFFINITY,
+        description="round_robin, least_outstanding or prefix_affinity",
+    )
+    health_interval: float = Field(
+        1.0, gt=0, description="seconds between health checks and DNS refreshes"
+    )
+
+
+class GatewayConfig(BaseSettings):
+    """Root of `tessera gateway`'s settings (engines reached over gRPC)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TESSERA_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    http: HTTPConfig = Field(default_factory=lambda: HTTPConfig())
+    routing: RoutingConfig = Field(default_factory=lambda: RoutingConfig())
+    auth: AuthConfig = Field(default_factory=lambda: AuthConfig())
+    limits: RateLimitConfig = Field(default_factory=lambda: RateLimitConfig())
+    response_cache: ResponseCacheConfig = Field(default_factory=lambda: ResponseCacheConfig())
+    redis: RedisConfig = Field(default_factory=lambda: RedisConfig())
+
+
+class ServeConfig(EngineConfig):
+    """Root of `tessera serve`: the embedded stack, an in-process engine behind the gateway."""
+
+    http: HTTPConfig = Field(default_factory=lambda: HTTPConfig())
+    auth: AuthConfig = Field(default_factory=lambda: AuthConfig())
+    limits: RateLimitConfig = Field(default_factory=lambda: RateLimitConfig())
+    response_cache: ResponseCacheConfig = Field(default_factory=lambda: ResponseCacheConfig())
+    redis: RedisConfig = Field(default_factory=lambda: RedisConfig())
+
+    def gateway_config(self) -> GatewayConfig:
+        """The gateway part (no remote engines: the engine runs in this process)."""
+        return GatewayConfig(
+            http=self.http,
+            auth=self.auth,
+            limits=self.limits,
+            response_cache=self.response_cache,
+            redis=self.redis,
+        )
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            model=self.model, cache=self.cache, scheduler=self.scheduler, backend=self.backend
+        )

@@ -1,0 +1,1 @@
+"""The engines behind the gateway: discovery, health, and routing policies."""

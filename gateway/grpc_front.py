@@ -1,0 +1,199 @@
+"""The public gRPC front (tessera.v1.Tessera): the same handlers as REST, other wire format.
+
+Requests become the REST request models (so validation is identical), responses
+are the REST response models turned into protos, and APIErrors become status
+codes with OpenAI's error fields in the trailing metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from pydantic import BaseModel, ValidationError
+
+from gateway.api.chat import ChatCompletionRequest
+from gateway.api.completions import CompletionRequest
+from gateway.api.generation import RequestContext
+from gateway.api.models import list_models
+from gateway.core import Gateway
+from gateway.errors import APIError, bad_request
+from tessera.v1 import chat_pb2, completions_pb2, models_pb2, service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+_STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    499: grpc.StatusCode.CANCELLED,
+    502: grpc.StatusCode.UNAVAILABLE,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def _strip_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_strip_none(v) for v in value]
+    return value
+
+
+def _request_dict(msg: Any, stream: bool) -> dict[str, Any]:
+    body = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    body.update(body.pop("sampling", {}))
+    if "text" in body:
+        body["prompt"] = body.pop("text")
+    elif "token_ids" in body:
+        body["prompt"] = [int(t) for t in body.pop("token_ids").get("ids", [])]
+    body["stream"] = stream
+    return body
+
+
+def _validate(model: type[BaseModel], body: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "request"
+        raise bad_request(f"{where}: {first['msg']}", param=where) from e
+
+
+def _to_proto(model: BaseModel, message: Any) -> Any:
+    data = _strip_none(model.model_dump(mode="json"))
+    for choice in data.get("choices", []):
+        lp = choice.get("logprobs")
+        if isinstance(lp, dict) and isinstance(lp.get("top_logprobs"), list):
+            lp["top_logprobs"] = [{"logprobs": d or {}} for d in lp["top_logprobs"]]
+    return json_format.ParseDict(data, message, ignore_unknown_fields=True)
+
+
+class TesseraServicer(service_pb2_grpc.TesseraServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    def _context(self, context: grpc.aio.ServicerContext) -> RequestContext:
+        md = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
+        principal = self.gw.authenticate(md.get("authorization"), md.get("api-key"))
+        bypass = md.get("x-tessera-cache", "").lower() == "bypass"
+        return RequestContext(
+            principal, md.get("x-request-id") or secrets.token_hex(8), bypass_cache=bypass
+        )
+
+    async def _fail(self, context: grpc.aio.ServicerContext, route: str, e: Exception) -> None:
+        if not isinstance(e, APIError):
+            incident = secrets.token_hex(6)
+            log.error("internal error %s on gRPC %s", incident, route, exc_info=e)
+            e = APIError(500, f"internal error (incident {incident})", "server_error")
+        self.gw.metrics.requests.labels(f"grpc_{route}", str(e.status)).inc()
+        md = [("error-type", e.type)]
+        md += [("error-code", e.code)] if e.code else []
+        md += [("error-param", e.param)] if e.param else []
+        if e.retry_after is not None:
+            md.append(("retry-after-ms", str(int(e.retry_after * 1000))))
+        context.set_trailing_metadata(tuple(md))
+        await context.abort(_STATUS.get(e.status, grpc.StatusCode.INTERNAL), e.message)
+
+    async def _unary(
+        self,
+        route: str,
+        handler: Any,
+        model: type[BaseModel],
+        msg: Any,
+        context: grpc.aio.ServicerContext,
+        out: Any,
+    ) -> Any:
+        try:
+            ctx = self._context(context)
+            req = _validate(model, _request_dict(msg, stream=False))
+            result = await handler.create(req, ctx)
+        except Exception as e:
+            await self._fail(context, route, e)
+            raise
+        self.gw.metrics.requests.labels(f"grpc_{route}", "200").inc()
+        if ctx.cache_status:
+            await context.send_initial_metadata((("x-tessera-cache", ctx.cache_status),))
+        return _to_proto(result, out())
+
+    async def _stream(
+        self,
+        route: str,
+        handler: Any,
+        model: type[BaseModel],
+        msg: Any,
+        context: grpc.aio.ServicerContext,
+        out: Any,
+    ) -> AsyncIterator[Any]:
+        try:
+            ctx = self._context(context)
+            req = _validate(model, _request_dict(msg, stream=True))
+            chunks = await handler.create(req, ctx)
+            async for chunk in chunks:
+                yield _to_proto(chunk, out())
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:
+            await self._fail(context, route, e)
+        self.gw.metrics.requests.labels(f"grpc_{route}", "200").inc()
+
+    async def CreateChatCompletion(self, request: Any, context: Any) -> Any:
+        return await self._unary(
+            "chat", self.gw.chat, ChatCompletionRequest, request, context, chat_pb2.ChatCompletion
+        )
+
+    async def StreamChatCompletion(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        async for m in self._stream(
+            "chat",
+            self.gw.chat,
+            ChatCompletionRequest,
+            request,
+            context,
+            chat_pb2.ChatCompletionChunk,
+        ):
+            yield m
+
+    async def CreateCompletion(self, request: Any, context: Any) -> Any:
+        return await self._unary(
+            "completions",
+            self.gw.completions,
+            CompletionRequest,
+            request,
+            context,
+            completions_pb2.Completion,
+        )
+
+    async def StreamCompletion(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        async for m in self._stream(
+            "completions",
+            self.gw.completions,
+            CompletionRequest,
+            request,
+            context,
+            completions_pb2.Completion,
+        ):
+            yield m
+
+    async def ListModels(self, request: Any, context: Any) -> Any:
+        try:
+            self._context(context)
+        except Exception as e:
+            await self._fail(context, "models", e)
+        return _to_proto(list_models(self.gw.pool), models_pb2.ModelList())
+
+
+async def start_grpc(gateway: Gateway, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """Bind and start the public gRPC server; returns it and its port."""
+    server = grpc.aio.server()
+    service_pb2_grpc.add_TesseraServicer_to_server(TesseraServicer(gateway), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC on {host}:{port}")
+    await server.start()
+    return server, bound

@@ -1,0 +1,82 @@
+"""Real `tessera engine` processes for tests (tiny random weights, loopback only)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+
+from tessera.http_server import free_port
+
+
+class EngineProcess:
+    """One engine pod subprocess on free loopback ports."""
+
+    def __init__(self, grpc_port: int | None = None, http_port: int | None = None) -> None:
+        self.grpc_port = grpc_port or free_port()
+        self.http_port = http_port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self, *extra: str) -> EngineProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "tessera.cli",
+            "engine",
+            "--model",
+            "dummy:tiny",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.grpc_port),
+            "--metrics-port",
+            str(self.http_port),
+            "--kv-cache-memory",
+            "64MiB",
+            "--max-model-len",
+            "512",
+            "--no-native-kernels",
+            *extra,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 240.0) -> EngineProcess:
+        assert self.proc is not None
+        t_end = time.monotonic() + timeout
+        while time.monotonic() < t_end:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise AssertionError(f"engine exited with {self.proc.returncode}: {err[-2000:]}")
+            try:
+                r = httpx.get(f"http://127.0.0.1:{self.http_port}/ready", timeout=1)
+                if r.status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("engine never became ready")
+
+    def metric(self, name: str) -> float:
+        text = httpx.get(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5).text
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        self.kill()
