@@ -296,3 +296,43 @@ async def test_grpc_and_rest_give_the_same_answers(
     ]
     assert cmpl.choices[0].text == rest_cmpl.choices[0].text
     assert [m.id for m in models.data] == [MODEL]
+
+
+async def test_metrics_count_requests_tokens_and_ttft_stages(
+    gateway: GatewayServer, client: openai.AsyncOpenAI
+) -> None:
+    await client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=5, temperature=0)
+    with pytest.raises(openai.NotFoundError):
+        await client.chat.completions.create(model="nope", messages=HELLO, max_tokens=5)
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"http://127.0.0.1:{gateway.port}/metrics")).text
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples['tessera_gateway_requests_total{route="chat",status="200"}'] == 1
+    assert samples['tessera_gateway_requests_total{route="chat",status="404"}'] == 1
+    assert samples["tessera_gateway_generation_tokens_total"] == 5
+    assert samples["tessera_gateway_engines_healthy"] == 1
+    for stage in ("gateway_queue", "cache_lookup", "engine_queue", "prefill"):
+        assert samples[f'tessera_gateway_ttft_stage_seconds_count{{stage="{stage}"}}'] == 1
+    assert samples['tessera_gateway_time_to_first_token_seconds_count{route="chat"}'] == 1
+    assert samples["tessera_engine_generation_tokens_total"] == 5  # the embedded engine's
+
+
+async def test_openapi_document_lists_every_route_with_schemas(gateway: GatewayServer) -> None:
+    async with httpx.AsyncClient() as http:
+        doc = (await http.get(f"http://127.0.0.1:{gateway.port}/openapi.json")).json()
+    paths = doc["paths"]
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready"):
+        assert path in paths
+    chat = paths["/v1/chat/completions"]["post"]
+    assert chat["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "ChatCompletionRequest"
+    )
+    for code in ("200", "400", "401", "404", "429"):
+        assert code in chat["responses"]
+    props = doc["components"]["schemas"]["ChatCompletionRequest"]["properties"]
+    for field in ("messages", "stream", "n", "stop", "logprobs", "top_k", "ignore_eos", "rag"):
+        assert field in props

@@ -72,3 +72,31 @@ def test_prefix_affinity_moves_off_an_overloaded_engine() -> None:
     assert other is not home
     home.outstanding = 0
     assert policy.choose(eps, key) is home
+
+
+async def test_dns_discovery_resolves_every_address_and_drops_vanished_ones() -> None:
+    from gateway.engines.pool import EnginePool, PoolSettings
+
+    made: list[str] = []
+
+    class Unreachable:
+        def __init__(self, name: str) -> None:
+            made.append(name)
+
+        async def info(self) -> None:
+            raise ConnectionError("nobody home")
+
+        async def close(self) -> None:
+            return None
+
+    pool = EnginePool(
+        PoolSettings(dns="localhost:50999", health_interval=0.2),
+        RoundRobin(),
+        client_factory=Unreachable,
+    )  # type: ignore[arg-type]
+    await pool.refresh()
+    assert "127.0.0.1:50999" in pool.endpoints
+    assert not pool.healthy()  # discovered but failing its health check
+    pool.settings = PoolSettings(engines=("10.9.9.9:1",), health_interval=0.2)
+    await pool.refresh()
+    assert list(pool.endpoints) == ["10.9.9.9:1"]
