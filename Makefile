@@ -25,6 +25,7 @@ serve: setup
 
 test: setup
 	@bash .ci/ensure-redis
+	@bash .ci/ensure-tools
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: setup

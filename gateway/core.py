@@ -59,6 +59,7 @@ class Gateway:
             PoolSettings(tuple(r.engines), r.dns, r.health_interval), create_policy(r.policy.value)
         )
         self.metrics = GatewayMetrics(self.registry, self._engine_counts)
+        self.pool.on_failure = lambda kind: self.metrics.upstream_errors.labels(kind).inc()
         self.keys = APIKeyStore.from_config(config.auth)
         self.redis_health = RedisHealth(on_error=self.metrics.redis_errors.inc)
         self.redis = self._redis_client()

@@ -53,6 +53,7 @@ class EnginePool:
         self.endpoints: dict[str, Endpoint] = {}
         self._task: asyncio.Task[None] | None = None
         self.on_change: Callable[[EnginePool], None] | None = None
+        self.on_failure: Callable[[str], None] | None = None
 
     def add_client(self, name: str, client: EngineClient) -> Endpoint:
         """Add an engine known in-process (embedded mode) or for tests."""
@@ -118,7 +119,7 @@ class EnginePool:
         try:
             info = await asyncio.wait_for(endpoint.client.info(), self.settings.health_interval)
         except Exception as e:  # any failure: eject until it answers again
-            self._mark_failed(endpoint, f"health check: {type(e).__name__}: {e}")
+            self.mark_failed(endpoint, f"health check: {type(e).__name__}: {e}", "health_check")
             return
         endpoint.info = info
         if info.accepting and not endpoint.healthy:
@@ -128,7 +129,12 @@ class EnginePool:
         endpoint.healthy = info.accepting
         endpoint.consecutive_failures = 0
 
-    def _mark_failed(self, endpoint: Endpoint, why: str) -> None:
+    def mark_failed(self, endpoint: Endpoint, why: str, kind: str) -> None:
+        """Count a failure of the engine (kind: health_check, request, stream, queue_full)."""
+        if self.on_failure is not None:
+            self.on_failure(kind)
+        if kind == "queue_full":
+            return  # busy, not broken
         endpoint.consecutive_failures += 1
         if endpoint.healthy and endpoint.consecutive_failures >= self.settings.failures_to_eject:
             log.warning("engine %s ejected: %s", endpoint.name, why)
@@ -218,11 +224,12 @@ class RoutedStream:
                 )
             except QueueFullError as e:
                 endpoint.outstanding -= 1
+                self._pool.mark_failed(endpoint, str(e), "queue_full")
                 retry_after = min(retry_after or 1e9, e.retry_after or 1.0)
                 continue
             except (EngineUnavailableError, EngineCallError) as e:
                 endpoint.outstanding -= 1
-                self._pool._mark_failed(endpoint, str(e))
+                self._pool.mark_failed(endpoint, str(e), "request")
                 continue
             except BaseException:
                 endpoint.outstanding -= 1
@@ -250,7 +257,7 @@ class RoutedStream:
                     if self.sent_tokens:
                         raise
                     assert self.endpoint is not None
-                    self._pool._mark_failed(self.endpoint, str(e))
+                    self._pool.mark_failed(self.endpoint, str(e), "stream")
                     log.warning(
                         "engine %s failed before the first token; retrying elsewhere",
                         self.endpoint.name,
