@@ -1,0 +1,1 @@
+"""Sidecars that run beside the engines (the RAG sidecar lives in services.rag)."""
