@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup serve test lint proto proto-check clean bench
+.PHONY: setup serve test fuzz soak lint proto proto-check clean bench
 
 setup: $(STAMP)
 
@@ -27,6 +27,14 @@ test: setup
 	@bash .ci/ensure-redis
 	@bash .ci/ensure-tools
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# Long runs kept out of `make test`: schemathesis with 500 examples per operation, and the
+# 60 s soak at concurrency 64.
+fuzz: setup
+	TESSERA_FUZZ_EXAMPLES=500 $(PY) -m pytest -q -p no:cacheprovider tests/reliability/test_fuzz_api.py
+
+soak: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m slow tests/reliability/test_soak.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -16,6 +16,7 @@ import grpc
 from google.protobuf import json_format
 from pydantic import BaseModel, ValidationError
 
+from engine.service.errors import ErrorInterceptor
 from gateway.api.chat import ChatCompletionRequest
 from gateway.api.completions import CompletionRequest
 from gateway.api.generation import RequestContext
@@ -190,7 +191,8 @@ class TesseraServicer(service_pb2_grpc.TesseraServicer):
 
 async def start_grpc(gateway: Gateway, host: str, port: int) -> tuple[grpc.aio.Server, int]:
     """Bind and start the public gRPC server; returns it and its port."""
-    server = grpc.aio.server()
+    # the engine's interceptor: malformed messages get INVALID_ARGUMENT, never a traceback
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(retry_after=1.0)])
     service_pb2_grpc.add_TesseraServicer_to_server(TesseraServicer(gateway), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:

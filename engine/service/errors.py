@@ -41,6 +41,28 @@ def status_for(error: Exception) -> tuple[grpc.StatusCode, str, bool]:
     return grpc.StatusCode.INTERNAL, f"internal engine error (incident {incident})", False
 
 
+class _Malformed:
+    """Stands in for a request whose bytes did not parse (answered INVALID_ARGUMENT)."""
+
+
+MALFORMED = _Malformed()
+
+
+def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data) if deserializer is not None else data
+        except Exception:  # corrupt wire format: the handler answers INVALID_ARGUMENT
+            return MALFORMED
+
+    return parse
+
+
+async def _reject_malformed(request: Any, context: grpc.aio.ServicerContext) -> None:
+    if request is MALFORMED:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed request message")
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Wraps unary and server-streaming handlers: exceptions become status codes."""
 
@@ -71,6 +93,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                await _reject_malformed(request, context)
                 try:
                     async for item in inner_stream(request, context):
                         yield item
@@ -80,12 +103,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     await self._abort(context, method, e)
 
             return grpc.unary_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer
+                stream, _safe(handler.request_deserializer), handler.response_serializer
             )
         if handler.unary_unary is not None:
             inner_unary = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await _reject_malformed(request, context)
                 try:
                     return await inner_unary(request, context)
                 except grpc.aio.AbortError:
@@ -94,6 +118,6 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     await self._abort(context, method, e)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer
+                unary, _safe(handler.request_deserializer), handler.response_serializer
             )
         return handler

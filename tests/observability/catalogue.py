@@ -38,15 +38,7 @@ def _registries() -> list[CollectorRegistry]:
     gm.cache.labels("response", "hit")
     gm.rate_limited.labels("rpm")
     gm.upstream_errors.labels("request")
-    registries = [engine, gateway]
-    return registries
-    from services.rag.collection import CollectionStats
-
-    rag = CollectorRegistry()
-    one = CollectionStats("docs", "u", 1, 1, 1, 384, "flat", 0, 1, 0, {})
-    RagMetrics(rag, lambda: [one], lambda: 0)
-    registries.append(rag)
-    return registries
+    return [engine, gateway]
 
 
 def exported() -> dict[str, MetricDoc]:

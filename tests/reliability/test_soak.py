@@ -1,0 +1,157 @@
+"""Load: a soak at concurrency 64 against the embedded stack (`tessera serve` process).
+No errors except the deliberate 429s of a rate-limited key, resident memory flat between
+the first and the last part of the run, every KV block free at the end. The short
+version runs in `make test`; `make soak` runs the 60 s one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tessera.http_server import free_port
+from tests.integration.gateway_fixtures import new_key
+
+MAIN_KEY, NOISY_KEY = new_key(), new_key()
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    from gateway.auth import hash_key
+
+    keys = tmp_path / "keys.json"
+    keys.write_text(
+        json.dumps(
+            [
+                {"name": "main", "sha256": hash_key(MAIN_KEY)},
+                {"name": "noisy", "sha256": hash_key(NOISY_KEY), "rpm": 2},
+            ]
+        )
+    )
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "tessera.cli",
+        "serve",
+        "--model",
+        "dummy:tiny",
+        "--port",
+        str(port),
+        "--grpc-port",
+        str(free_port()),
+        "--kv-cache-memory",
+        "64MiB",
+        "--max-model-len",
+        "512",
+        "--no-native-kernels",
+        "--keys-file",
+        str(keys),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ)
+    try:
+        t_end = time.monotonic() + 240
+        while time.monotonic() < t_end:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        yield proc, port
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+async def soak(proc: subprocess.Popen[bytes], port: int, seconds: float, concurrency: int) -> dict:
+    base = f"http://127.0.0.1:{port}/v1"
+    statuses: Counter[str] = Counter()
+    rss: list[tuple[float, int]] = []
+    t0 = time.monotonic()
+    stop_at = t0 + seconds
+
+    async def worker(i: int, http: httpx.AsyncClient) -> None:
+        rng = random.Random(i)
+        while time.monotonic() < stop_at:
+            key = NOISY_KEY if i == 0 else MAIN_KEY
+            body = {
+                "model": "dummy:tiny",
+                "max_tokens": rng.randint(4, 48),
+                "messages": [{"role": "user", "content": f"soak {i} {rng.random()}"}],
+                "stream": rng.random() < 0.5,
+                "temperature": rng.choice([0, 0.8]),
+            }
+            try:
+                r = await http.post(
+                    f"{base}/chat/completions",
+                    json=body,
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+                statuses[("noisy " if i == 0 else "") + str(r.status_code)] += 1
+                if body["stream"] and r.status_code == 200:
+                    assert r.text.rstrip().endswith("data: [DONE]")
+                    assert '"error"' not in r.text
+            except httpx.HTTPError as e:
+                statuses[type(e).__name__] += 1
+
+    async def sample_memory() -> None:
+        while time.monotonic() < stop_at:
+            rss.append((time.monotonic() - t0, rss_bytes(proc.pid)))
+            await asyncio.sleep(0.5)
+
+    limits = httpx.Limits(max_connections=concurrency + 8)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+        await asyncio.gather(sample_memory(), *(worker(i, http) for i in range(concurrency)))
+        metrics = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    return {"statuses": statuses, "rss": rss, "metrics": metrics}
+
+
+def check(result: dict, seconds: float) -> None:
+    statuses = result["statuses"]
+    served = statuses["200"]
+    errors = {k: v for k, v in statuses.items() if k not in ("200", "noisy 200", "noisy 429")}
+    assert served > 0 and not errors, statuses
+    assert statuses["noisy 429"] > 0  # the deliberate 429s happened
+    window = min(10.0, seconds / 4)
+    first = [b for t, b in result["rss"] if t <= window + 2.0][-3:]
+    last = [b for t, b in result["rss"] if t >= seconds - window]
+    growth = max(last) / max(first) - 1
+    assert growth < 0.10, f"resident memory grew {growth:.1%}"
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in result["metrics"].splitlines()
+        if line.startswith("tessera_engine_") and " " in line and "{" not in line
+    }
+    assert values["tessera_engine_kv_cache_free_blocks"] == values["tessera_engine_kv_cache_blocks"]
+    assert values["tessera_engine_requests_running"] == 0
+    print(f"soak {seconds:.0f}s: {dict(statuses)}, rss growth {growth:+.1%}")
+
+
+async def test_short_soak_at_concurrency_64(stack: tuple[subprocess.Popen[bytes], int]) -> None:
+    proc, port = stack
+    check(await soak(proc, port, seconds=12.0, concurrency=64), 12.0)
+
+
+@pytest.mark.slow
+async def test_soak_60s_at_concurrency_64(stack: tuple[subprocess.Popen[bytes], int]) -> None:
+    proc, port = stack
+    check(await soak(proc, port, seconds=60.0, concurrency=64), 60.0)
