@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -148,6 +148,14 @@ class ServerConfig(BaseModel):
     max_message_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="largest gRPC message accepted or sent"
     )
+    tls_cert: Path | None = Field(None, description="PEM certificate: serve gRPC over TLS")
+    tls_key: Path | None = Field(None, description="PEM private key of --tls-cert")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        return self
 
 
 class EnginePodConfig(EngineConfig):

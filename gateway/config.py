@@ -6,7 +6,9 @@ variable (``TESSERA_GATEWAY_ROUTING__POLICY``); flags win over the environment.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.config import EngineConfig
@@ -30,6 +32,14 @@ class HTTPConfig(BaseModel):
     drain_timeout: float = Field(
         30.0, ge=0, description="seconds in-flight requests get at SIGTERM"
     )
+    tls_cert: Path | None = Field(None, description="PEM certificate: serve REST and gRPC over TLS")
+    tls_key: Path | None = Field(None, description="PEM private key of --tls-cert")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HTTPConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        return self
 
 
 class RoutingConfig(BaseModel):
@@ -49,6 +59,9 @@ class RoutingConfig(BaseModel):
     )
     health_interval: float = Field(
         1.0, gt=0, description="seconds between health checks and DNS refreshes"
+    )
+    engine_tls_ca: Path | None = Field(
+        None, description="PEM CA that signed the engines' certificates: talk TLS to engines"
     )
 
 

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 import tessera
+from engine.service.client import GrpcEngineClient
 from gateway.api.chat import ChatHandler
 from gateway.api.common import SamplingFields
 from gateway.api.completions import CompletionHandler
@@ -55,8 +56,11 @@ class Gateway:
         self.version = tessera.__version__
         self.registry = CollectorRegistry()
         r = config.routing
+        ca = r.engine_tls_ca.read_bytes() if r.engine_tls_ca is not None else None
         self.pool = pool or EnginePool(
-            PoolSettings(tuple(r.engines), r.dns, r.health_interval), create_policy(r.policy.value)
+            PoolSettings(tuple(r.engines), r.dns, r.health_interval),
+            create_policy(r.policy.value),
+            lambda target: GrpcEngineClient(target, tls_ca=ca),
         )
         self.metrics = GatewayMetrics(self.registry, self._engine_counts)
         self.pool.on_failure = lambda kind: self.metrics.upstream_errors.labels(kind).inc()

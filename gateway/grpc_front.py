@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,6 +24,7 @@ from gateway.api.generation import RequestContext
 from gateway.api.models import list_models
 from gateway.core import Gateway
 from gateway.errors import APIError, bad_request
+from tessera.http_server import grpc_server_credentials
 from tessera.v1 import chat_pb2, completions_pb2, models_pb2, service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -189,12 +191,17 @@ class TesseraServicer(service_pb2_grpc.TesseraServicer):
         return _to_proto(list_models(self.gw.pool), models_pb2.ModelList())
 
 
-async def start_grpc(gateway: Gateway, host: str, port: int) -> tuple[grpc.aio.Server, int]:
-    """Bind and start the public gRPC server; returns it and its port."""
+async def start_grpc(
+    gateway: Gateway, host: str, port: int, tls: tuple[Path, Path] | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """Bind and start the public gRPC server (TLS when given cert and key); returns it, port."""
     # the engine's interceptor: malformed messages get INVALID_ARGUMENT, never a traceback
     server = grpc.aio.server(interceptors=[ErrorInterceptor(retry_after=1.0)])
     service_pb2_grpc.add_TesseraServicer_to_server(TesseraServicer(gateway), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls is not None:
+        bound = server.add_secure_port(f"{host}:{port}", grpc_server_credentials(*tls))
+    else:
+        bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC on {host}:{port}")
     await server.start()

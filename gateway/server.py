@@ -40,11 +40,12 @@ class GatewayServer:
     async def start(self) -> None:
         await self.gateway.start()
         h = self.config.http
-        self._http = HTTPServer(create_app(self.gateway), h.host, h.port)
+        tls = (h.tls_cert, h.tls_key) if h.tls_cert is not None and h.tls_key is not None else None
+        self._http = HTTPServer(create_app(self.gateway), h.host, h.port, tls=tls)
         self.port = await self._http.start()
         from gateway.grpc_front import start_grpc
 
-        self._grpc, self.grpc_port = await start_grpc(self.gateway, h.host, h.grpc_port)
+        self._grpc, self.grpc_port = await start_grpc(self.gateway, h.host, h.grpc_port, tls)
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -21,8 +22,17 @@ class _Server(uvicorn.Server):
 class HTTPServer:
     """uvicorn serving one app on host:port (0 picks a free port) until stop()."""
 
-    def __init__(self, app: Any, host: str, port: int, **uvicorn_options: Any) -> None:
+    def __init__(
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        tls: tuple[Path, Path] | None = None,
+        **uvicorn_options: Any,
+    ) -> None:
         options = {"log_level": "warning", "lifespan": "off", **uvicorn_options}
+        if tls is not None:  # (certificate, key), PEM
+            options.update(ssl_certfile=str(tls[0]), ssl_keyfile=str(tls[1]))
         self._server = _Server(uvicorn.Config(app, host=host, port=port, **options))
         self._task: asyncio.Task[None] | None = None
         self.port = port
@@ -54,3 +64,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def grpc_server_credentials(cert: Path, key: Path) -> Any:
+    """TLS credentials of a gRPC server from PEM files."""
+    import grpc
+
+    return grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])

@@ -239,9 +239,15 @@ def _request(
 class GrpcEngineClient:
     """A remote engine pod at ``target`` (host:port)."""
 
-    def __init__(self, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
+    def __init__(
+        self, target: str, options: Sequence[tuple[str, Any]] = (), tls_ca: bytes | None = None
+    ) -> None:
         self.target = target
-        self.channel = grpc.aio.insecure_channel(target, options=list(options))
+        if tls_ca is not None:  # verify the engine's certificate against this CA
+            creds = grpc.ssl_channel_credentials(root_certificates=tls_ca)
+            self.channel = grpc.aio.secure_channel(target, creds, options=list(options))
+        else:
+            self.channel = grpc.aio.insecure_channel(target, options=list(options))
         self.stub = pb_grpc.EngineServiceStub(self.channel)
 
     async def generate(

@@ -33,7 +33,7 @@ from engine.model_source import ModelBundle
 from engine.service.errors import EngineUnavailableError, ErrorInterceptor
 from engine.service.servicer import EngineServicer
 from tessera.engine.v1 import engine_pb2, engine_pb2_grpc
-from tessera.http_server import HTTPServer
+from tessera.http_server import HTTPServer, grpc_server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,12 @@ class EnginePod:
         engine_pb2_grpc.add_EngineServiceServicer_to_server(EngineServicer(self), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         await self._set_health(_NOT_SERVING)
-        grpc_port = self._grpc.add_insecure_port(f"{srv.host}:{srv.port}")
+        address = f"{srv.host}:{srv.port}"
+        if srv.tls_cert is not None and srv.tls_key is not None:
+            creds = grpc_server_credentials(srv.tls_cert, srv.tls_key)
+            grpc_port = self._grpc.add_secure_port(address, creds)
+        else:
+            grpc_port = self._grpc.add_insecure_port(address)
         if grpc_port == 0:
             raise OSError(f"cannot bind gRPC on {srv.host}:{srv.port}")
         await self._grpc.start()
