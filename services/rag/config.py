@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -79,11 +79,12 @@ class ChunkingConfig(BaseModel):
     chunk_size: int = Field(128, ge=16, le=510, description="tokens per chunk")
     chunk_overlap: int = Field(32, ge=0, description="tokens shared by neighbouring chunks")
 
-    @model_validator(mode="after")
-    def _overlap_below_size(self) -> ChunkingConfig:
-        if self.chunk_overlap >= self.chunk_size:
-            raise ValueError("chunk_overlap must be smaller than chunk_size")
-        return self
+    @field_validator("chunk_overlap")
+    @classmethod
+    def _overlap_below_size(cls, v: int, info: ValidationInfo) -> int:
+        if v >= info.data.get("chunk_size", v + 1):
+            raise ValueError("must be smaller than --chunk-size")
+        return v
 
 
 class IndexConfig(BaseModel):

@@ -43,7 +43,13 @@ def unique_prefix() -> str:
 
 def rag_config(data_dir: Path, redis: bool = False, **groups: dict[str, Any]) -> RagConfig:
     """Sidecar settings for tests: a temp data dir, port 0, memory cache unless ``redis``."""
-    cache = {"redis_url": REDIS_URL if redis else "", "key_prefix": unique_prefix()}
+    cache: dict[str, Any] = {
+        "redis_url": REDIS_URL if redis else "",
+        "key_prefix": unique_prefix(),
+        # keys of the shared Redis outlive the test only briefly
+        "embedding_ttl": 60.0,
+        "retrieval_ttl": 60.0,
+    }
     cache.update(groups.pop("cache", {}))
     server = {"host": "127.0.0.1", "port": 0, **groups.pop("server", {})}
     index = {"data_dir": str(data_dir), **groups.pop("index", {})}

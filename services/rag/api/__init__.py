@@ -1,0 +1,1 @@
+"""The sidecar's HTTP API: one module per endpoint group, errors rendered OpenAI-style."""

@@ -1,0 +1,145 @@
+"""How the gateway talks to the RAG sidecar: one Protocol, an in-process and an HTTP client.
+
+``InProcessRagClient`` calls a RagService in the same process (embedded
+``tessera serve``); ``HttpRagClient`` calls a remote sidecar. Both return the
+same plain results and raise the same typed errors (services.rag.errors):
+CollectionNotFoundError, InvalidInputError, RagUnavailableError, and RagError
+for anything else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import httpx
+
+from services.rag.collection import Filters
+from services.rag.documents import Document
+from services.rag.errors import RagError, RagUnavailableError, error_from_body
+from services.rag.model_files import MODEL_NAME
+from services.rag.results import Chunk, Embeddings, IngestResult
+from services.rag.service import RagService
+
+
+class RagClient(Protocol):
+    """What the gateway needs from RAG: retrieval for chat, embeddings for its API and cache."""
+
+    async def retrieve(
+        self, collection: str, query: str, top_k: int = 4, filters: Filters | None = None
+    ) -> list[Chunk]:
+        """Best ``top_k`` chunks for ``query`` (score = cosine), metadata equality filters."""
+        ...
+
+    async def embed(self, texts: list[str]) -> Embeddings:
+        """Unit vectors for ``texts`` in order (``.vectors``), with the tokens used."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class InProcessRagClient:
+    """Direct calls into a RagService of this process (no serialisation, no network)."""
+
+    def __init__(self, service: RagService) -> None:
+        self.service = service
+
+    async def retrieve(
+        self, collection: str, query: str, top_k: int = 4, filters: Filters | None = None
+    ) -> list[Chunk]:
+        return (await self.service.retrieve(collection, query, top_k, filters)).chunks
+
+    async def embed(self, texts: list[str]) -> Embeddings:
+        return await self.service.embed(texts)
+
+    async def create_collection(self, name: str, metadata: dict[str, Any] | None = None) -> None:
+        await self.service.create_collection(name, metadata)
+
+    async def ingest(self, collection: str, documents: list[Document]) -> IngestResult:
+        return await self.service.ingest(collection, documents)
+
+    async def delete_document(self, collection: str, document_id: str) -> int:
+        return (await self.service.delete_document(collection, document_id))[0]
+
+    async def delete_collection(self, name: str) -> None:
+        await self.service.delete_collection(name)
+
+    async def close(self) -> None:
+        """The service belongs to whoever made it; nothing to release here."""
+
+
+class HttpRagClient:
+    """httpx.AsyncClient calls to a sidecar at ``base_url`` (e.g. http://rag:8002)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 30.0,
+        model: str = MODEL_NAME,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.model = model
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), timeout=timeout, transport=transport
+        )
+
+    async def retrieve(
+        self, collection: str, query: str, top_k: int = 4, filters: Filters | None = None
+    ) -> list[Chunk]:
+        body: dict[str, Any] = {"query": query, "top_k": top_k}
+        if filters:
+            body["filters"] = filters
+        data = await self._call("POST", f"/v1/collections/{_seg(collection)}/retrieve", body)
+        return [Chunk.from_dict(c) for c in data["data"]]
+
+    async def embed(self, texts: list[str]) -> Embeddings:
+        data = await self._call("POST", "/v1/embeddings", {"input": texts, "model": self.model})
+        rows = sorted(data["data"], key=lambda d: d["index"])
+        tokens = int(data.get("usage", {}).get("prompt_tokens", 0))
+        return Embeddings([r["embedding"] for r in rows], tokens, str(data.get("model")))
+
+    async def create_collection(self, name: str, metadata: dict[str, Any] | None = None) -> None:
+        await self._call("POST", "/v1/collections", {"name": name, "metadata": metadata or {}})
+
+    async def ingest(self, collection: str, documents: list[Document]) -> IngestResult:
+        docs = [
+            {"id": d.id, "text": d.text, "format": d.format, "metadata": d.metadata}
+            for d in documents
+        ]
+        data = await self._call(
+            "POST", f"/v1/collections/{_seg(collection)}/documents", {"documents": docs}
+        )
+        return IngestResult(
+            data["collection"], data["version"], data["documents"], data["chunks"], data["replaced"]
+        )
+
+    async def delete_document(self, collection: str, document_id: str) -> int:
+        path = f"/v1/collections/{_seg(collection)}/documents/{quote(document_id, safe='/')}"
+        return int((await self._call("DELETE", path))["chunks"])
+
+    async def delete_collection(self, name: str) -> None:
+        await self._call("DELETE", f"/v1/collections/{_seg(name)}")
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        try:
+            response = await self._http.request(method, path, json=body)
+        except httpx.TimeoutException as e:
+            raise RagUnavailableError(f"RAG sidecar timed out: {e!r}") from e
+        except httpx.TransportError as e:
+            raise RagUnavailableError(f"RAG sidecar unreachable: {e!r}") from e
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if response.status_code >= 400:
+            raise error_from_body(response.status_code, data)
+        if not isinstance(data, dict):
+            raise RagError(f"RAG sidecar answered {response.status_code} without a JSON object")
+        return data
+
+
+def _seg(name: str) -> str:
+    return quote(name, safe="")
