@@ -13,7 +13,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.config import EngineConfig
 from gateway.engines.routing import RoutingPolicyName
-from gateway.settings_parts import AuthConfig, RateLimitConfig, RedisConfig, ResponseCacheConfig
+from gateway.settings_parts import (
+    AuthConfig,
+    EmbeddedRagConfig,
+    RagLinkConfig,
+    RateLimitConfig,
+    RedisConfig,
+    ResponseCacheConfig,
+    SemanticCacheConfig,
+)
 
 
 class HTTPConfig(BaseModel):
@@ -74,9 +82,11 @@ class GatewayConfig(BaseSettings):
 
     http: HTTPConfig = Field(default_factory=lambda: HTTPConfig())
     routing: RoutingConfig = Field(default_factory=lambda: RoutingConfig())
+    rag: RagLinkConfig = Field(default_factory=lambda: RagLinkConfig())
     auth: AuthConfig = Field(default_factory=lambda: AuthConfig())
     limits: RateLimitConfig = Field(default_factory=lambda: RateLimitConfig())
     response_cache: ResponseCacheConfig = Field(default_factory=lambda: ResponseCacheConfig())
+    semantic_cache: SemanticCacheConfig = Field(default_factory=lambda: SemanticCacheConfig())
     redis: RedisConfig = Field(default_factory=lambda: RedisConfig())
 
 
@@ -87,15 +97,19 @@ class ServeConfig(EngineConfig):
     auth: AuthConfig = Field(default_factory=lambda: AuthConfig())
     limits: RateLimitConfig = Field(default_factory=lambda: RateLimitConfig())
     response_cache: ResponseCacheConfig = Field(default_factory=lambda: ResponseCacheConfig())
+    semantic_cache: SemanticCacheConfig = Field(default_factory=lambda: SemanticCacheConfig())
     redis: RedisConfig = Field(default_factory=lambda: RedisConfig())
 
+    rag: EmbeddedRagConfig = Field(default_factory=lambda: EmbeddedRagConfig())
+
     def gateway_config(self) -> GatewayConfig:
-        """The gateway part (no remote engines: the engine runs in this process)."""
+        """The gateway part (no remote engines or sidecar: they run in this process)."""
         return GatewayConfig(
             http=self.http,
             auth=self.auth,
             limits=self.limits,
             response_cache=self.response_cache,
+            semantic_cache=self.semantic_cache,
             redis=self.redis,
         )
 

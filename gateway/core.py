@@ -28,6 +28,7 @@ from gateway.engines.pool import EnginePool, PoolSettings
 from gateway.engines.routing import create_policy
 from gateway.errors import APIError, overloaded
 from gateway.metrics import GatewayMetrics
+from gateway.rag import Retrieval
 from gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from gateway.redis_state import RedisHealth
 from gateway.response_cache import (
@@ -37,6 +38,16 @@ from gateway.response_cache import (
     cache_key,
     is_cacheable,
 )
+from gateway.semantic_cache import (
+    MemorySemanticStore,
+    RedisSemanticStore,
+    SemanticCache,
+    SemanticStore,
+    conversation_text,
+    scope_key,
+)
+from services.rag.client import HttpRagClient, RagClient
+from services.rag.model_files import MODEL_NAME as EMBEDDING_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +61,8 @@ class Gateway:
         self,
         config: GatewayConfig,
         pool: EnginePool | None = None,
-        retriever: Retriever | None = None,
+        rag: RagClient | None = None,
+        embedding_model: str | None = None,
     ) -> None:
         self.config = config
         self.version = tessera.__version__
@@ -79,6 +91,30 @@ class Gateway:
         )
         self._inflight = 0
         self.accepting = True
+        if rag is None and config.rag.rag_url:
+            http_rag = HttpRagClient(config.rag.rag_url, config.rag.rag_timeout)
+            rag, embedding_model = http_rag, http_rag.model
+        self.rag = rag
+        self.embedding_model = embedding_model or EMBEDDING_MODEL
+        retriever: Retriever | None = Retrieval(rag, self.pool.require_model) if rag else None
+        self.semantic: SemanticCache | None = None
+        sc = config.semantic_cache
+        if sc.enabled:
+            if rag is None:
+                raise ValueError("the semantic cache needs the RAG service's embedder (--rag-url)")
+            store: SemanticStore = (
+                RedisSemanticStore(
+                    self.redis, self.redis_health, config.redis.key_prefix, sc.max_entries
+                )
+                if self.redis is not None
+                else MemorySemanticStore(sc.max_entries)
+            )
+            embed_client = rag
+
+            async def embed(texts: list[str]) -> list[list[float]]:
+                return (await embed_client.embed(texts)).vectors
+
+            self.semantic = SemanticCache(embed, store, sc.threshold, sc.ttl)
         generation = Generation(self.pool, self, retriever, config.http.request_timeout)
         self.chat = ChatHandler(generation)
         self.completions = CompletionHandler(generation)
@@ -102,6 +138,8 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.pool.stop()
+        if self.rag is not None:
+            await self.rag.close()
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -188,19 +226,45 @@ class Gateway:
         self, ctx: RequestContext, route: str, req: BaseModel
     ) -> dict[str, Any] | None:
         key = self._cache_key(ctx, route, req)
-        if key is None:
+        if key is not None:
+            hit = await self.cache.get(key)
+            ctx.cache_status = "hit" if hit is not None else "miss"
+            self.metrics.cache.labels("response", ctx.cache_status).inc()
+            if hit is not None:
+                return hit
+        return await self._semantic_get(ctx, route, req)
+
+    async def _semantic_get(
+        self, ctx: RequestContext, route: str, req: BaseModel
+    ) -> dict[str, Any] | None:
+        messages = getattr(req, "messages", None)
+        if self.semantic is None or ctx.bypass_cache or not messages or getattr(req, "rag", None):
             return None
-        hit = await self.cache.get(key)
-        ctx.cache_status = "hit" if hit is not None else "miss"
-        self.metrics.cache.labels("response", ctx.cache_status).inc()
-        return hit
+        text = conversation_text(req.engine_messages())  # type: ignore[attr-defined]
+        model_version = self._model_version(getattr(req, "model", ""))
+        scope = scope_key(ctx.principal.key_id, model_version, route, str(getattr(req, "n", 1)))
+        try:
+            vector = await self.semantic.vector(text)
+        except Exception as e:  # the embedder is an optimisation here, never a failure
+            log.warning("semantic cache skipped: %s", type(e).__name__)
+            return None
+        hit, _ = await self.semantic.lookup(scope, vector)
+        self.metrics.cache.labels("semantic", "hit" if hit is not None else "miss").inc()
+        if hit is not None:
+            ctx.cache_status = "semantic-hit"
+            return hit
+        ctx.semantic = (scope, vector)
+        return None
 
     async def cache_put(
         self, ctx: RequestContext, route: str, req: BaseModel, result: dict[str, Any]
     ) -> None:
-        key = self._cache_key(ctx, route, req)
-        if key is not None:
-            await self.cache.put(key, result, self.config.response_cache.ttl)
+        if ctx.cache_status == "miss":
+            key = self._cache_key(ctx, route, req)
+            if key is not None:
+                await self.cache.put(key, result, self.config.response_cache.ttl)
+        if self.semantic is not None and ctx.semantic is not None:
+            await self.semantic.add(*ctx.semantic, result)
 
     def observe(
         self, ctx: RequestContext, route: str, result: GenerationResult | None, ttft: float | None
@@ -208,6 +272,6 @@ class Gateway:
         if ttft is not None:
             self.metrics.ttft.labels(route).observe(ttft)
             self.metrics.observe_stages(ctx.stages)
-        if result is not None and ctx.cache_status != "hit":
+        if result is not None and ctx.cache_status not in ("hit", "semantic-hit"):
             self.metrics.prompt_tokens.inc(result.usage.prompt_tokens)
             self.metrics.generation_tokens.inc(result.usage.completion_tokens)

@@ -13,6 +13,9 @@ from engine.service.client import LocalEngineClient
 from gateway.config import ServeConfig
 from gateway.core import Gateway
 from gateway.server import GatewayServer
+from services.rag.client import InProcessRagClient
+from services.rag.config import RagConfig
+from services.rag.server import RagServer
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +25,13 @@ async def build_embedded(config: ServeConfig, engine: LLMEngine | None = None) -
     core = (
         engine if engine is not None else await asyncio.to_thread(LLMEngine, config.engine_config())
     )
-    gateway = Gateway(config.gateway_config())
+    rag_server = await _start_rag(config) if config.rag.enabled else None
+    rag_client = InProcessRagClient(rag_server.service) if rag_server else None
+    gateway = Gateway(
+        config.gateway_config(),
+        rag=rag_client,
+        embedding_model=rag_server.service.model_name if rag_server else None,
+    )
     holder: list[AsyncEngine] = []
     metrics = EngineMetrics(gateway.registry, lambda: holder[0].stats())
     aengine = AsyncEngine(core, observer=metrics)
@@ -34,15 +43,32 @@ async def build_embedded(config: ServeConfig, engine: LLMEngine | None = None) -
         await asyncio.to_thread(aengine.shutdown)
 
     server.on_stop.append(shutdown)
+    if rag_server is not None:
+        server.on_stop.append(rag_server.stop)
+        server.rag_port = rag_server.port
     return server
+
+
+async def _start_rag(config: ServeConfig) -> RagServer:
+    """The RAG service in this process, its HTTP API (collections, ingest) on its own port."""
+    overrides: dict[str, dict[str, object]] = {
+        "server": {"host": config.http.host, "port": config.rag.port}
+    }
+    if config.rag.data_dir is not None:
+        overrides["index"] = {"data_dir": config.rag.data_dir}
+    rag = RagServer(RagConfig(**overrides))  # type: ignore[arg-type]
+    await rag.start()
+    await rag.load()
+    return rag
 
 
 def banner(server: GatewayServer) -> str:
     h = server.config.http
     models = ", ".join(server.gateway.pool.models()) or "(none)"
     base = f"http://{h.host}:{server.port}/v1"
+    rag = f", RAG API :{server.rag_port}" if server.rag_port else ""
     return (
-        f"Tessera is serving {models} at {base} (gRPC {h.host}:{server.grpc_port}). Try:\n"
+        f"Tessera is serving {models} at {base} (gRPC {h.host}:{server.grpc_port}{rag}). Try:\n"
         f"  curl {base}/chat/completions -H 'Content-Type: application/json' "
         f'-d \'{{"model": "{models.split(",")[0]}", '
         f'"messages": [{{"role": "user", "content": "Hello!"}}]}}\''

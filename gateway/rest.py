@@ -25,6 +25,7 @@ from gateway.api.completions import UNSUPPORTED_COMPLETION_FIELDS, Completion, C
 from gateway.api.generation import RequestContext
 from gateway.api.models import Model, ModelList, get_model, list_models
 from gateway.errors import APIError, bad_request
+from gateway.rag import EmbeddingList, EmbeddingRequest, create_embeddings
 
 if TYPE_CHECKING:
     from gateway.core import Gateway
@@ -251,6 +252,20 @@ def create_app(gw: Gateway) -> FastAPI:
         return await _until_disconnect(
             request, generate(request, "completions", gw.completions, body)
         )
+
+    @app.post("/v1/embeddings", response_model=EmbeddingList)
+    async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
+        """Embeddings from the RAG service's embedder (all-MiniLM-L6-v2, INT8 on CPU)."""
+        t0 = time.perf_counter()
+        try:
+            gw.authenticate(request.headers.get("authorization"), request.headers.get("api-key"))
+            result = await create_embeddings(gw.rag, gw.embedding_model, body)
+        except APIError as e:
+            gw.metrics.requests.labels("embeddings", str(e.status)).inc()
+            raise
+        gw.metrics.requests.labels("embeddings", "200").inc()
+        gw.metrics.latency.labels("embeddings").observe(time.perf_counter() - t0)
+        return JSONResponse(result.model_dump(mode="json"))
 
     @app.get("/v1/models", response_model=ModelList)
     async def models(request: Request) -> ModelList:

@@ -35,6 +35,7 @@ class GatewayServer:
         self._stop = asyncio.Event()
         self.port = 0
         self.grpc_port = 0
+        self.rag_port = 0  # embedded mode: the in-process RAG service's HTTP API
         self.on_stop: list[Callable[[], Awaitable[None]]] = []
 
     async def start(self) -> None:

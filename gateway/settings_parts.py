@@ -49,6 +49,52 @@ class ResponseCacheConfig(BaseModel):
     )
 
 
+class SemanticCacheConfig(BaseModel):
+    """Answers reused for similar conversations (needs the RAG embedder); off by default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="reuse answers of similar conversations")
+    threshold: float = Field(
+        0.95, gt=0.0, le=1.0, description="cosine similarity at or above which an answer is reused"
+    )
+    ttl: float = Field(3600.0, gt=0, description="seconds an answer stays reusable")
+    max_entries: int = Field(256, ge=1, description="answers kept per key, model and route")
+
+
+class RagLinkConfig(BaseModel):
+    """Where the gateway finds the RAG sidecar (retrieval, embeddings, semantic cache)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rag_url: str | None = Field(
+        None, description="RAG sidecar base URL, e.g. http://rag:8002 (none: no retrieval)"
+    )
+    rag_timeout: float = Field(30.0, gt=0, description="seconds a RAG call may take")
+
+
+class EmbeddedRagConfig(BaseModel):
+    """The RAG service `tessera serve` runs in-process (its HTTP API on its own port)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        True, description="run the RAG service in-process", json_schema_extra={"flag": "rag"}
+    )
+    port: int = Field(
+        8002,
+        ge=0,
+        le=65535,
+        description="port of the RAG HTTP API (collections, ingest)",
+        json_schema_extra={"flag": "rag_port"},
+    )
+    data_dir: Path | None = Field(
+        None,
+        description="where collections persist (default: the RAG service's own)",
+        json_schema_extra={"flag": "rag_data_dir"},
+    )
+
+
 class RedisConfig(BaseModel):
     """Where caches and rate-limit state live; none = in-process memory."""
 

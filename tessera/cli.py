@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from tessera.commands import engine, gateway, generate, keys, serve
+from tessera.commands import engine, gateway, generate, keys, rag, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.register(sub)
     engine.register(sub)
     gateway.register(sub)
+    rag.register(sub)
     generate.register(sub)
     keys.register(sub)
     return parser

@@ -30,6 +30,7 @@ class RequestContext:
     bypass_cache: bool = False
     cache_status: str | None = None  # "hit", "miss", "bypass"; sent back as a header
     stages: dict[str, float] = field(default_factory=dict)
+    semantic: tuple[str, Any] | None = None  # (scope, conversation vector) to store the answer
 
 
 @dataclass
@@ -244,7 +245,7 @@ class Run:
             with contextlib.suppress(Exception):
                 await self.hooks.charge(self.ctx, self.usage.total_tokens)
         complete = self._done and all(c.finish_reason in ("stop", "length") for c in self.choices)
-        if complete and self._cached is None and self.ctx.cache_status == "miss":
+        if complete and self._cached is None:
             await self.hooks.cache_put(
                 self.ctx, self.route, self.req, _result_to_cache(self.result())
             )

@@ -26,6 +26,7 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 def serve_config(**groups: dict[str, Any]) -> ServeConfig:
     http = {"host": "127.0.0.1", "port": 0, "grpc_port": 0, **groups.pop("http", {})}
     redis = groups.pop("redis", {"url": None})
+    groups.setdefault("rag", {"enabled": False})  # tests that need RAG turn it on
     return ServeConfig(**ENGINE_SETTINGS, http=http, redis=redis, **groups)
 
 
