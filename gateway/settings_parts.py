@@ -42,10 +42,22 @@ class ResponseCacheConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = Field(True, description="cache deterministic responses")
-    ttl: float = Field(3600.0, gt=0, description="seconds a cached response lives")
+    enabled: bool = Field(
+        True,
+        description="cache deterministic responses",
+        json_schema_extra={"flag": "response_cache"},
+    )
+    ttl: float = Field(
+        3600.0,
+        gt=0,
+        description="seconds a cached response lives",
+        json_schema_extra={"flag": "response_cache_ttl"},
+    )
     max_memory_entries: int = Field(
-        4096, ge=1, description="entries kept by the in-memory cache (no Redis)"
+        4096,
+        ge=1,
+        description="entries kept by the in-memory cache (no Redis)",
+        json_schema_extra={"flag": "response_cache_entries"},
     )
 
 
@@ -54,12 +66,30 @@ class SemanticCacheConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = Field(False, description="reuse answers of similar conversations")
-    threshold: float = Field(
-        0.95, gt=0.0, le=1.0, description="cosine similarity at or above which an answer is reused"
+    enabled: bool = Field(
+        False,
+        description="reuse answers of similar conversations",
+        json_schema_extra={"flag": "semantic_cache"},
     )
-    ttl: float = Field(3600.0, gt=0, description="seconds an answer stays reusable")
-    max_entries: int = Field(256, ge=1, description="answers kept per key, model and route")
+    threshold: float = Field(
+        0.95,
+        gt=0.0,
+        le=1.0,
+        description="cosine similarity at or above which an answer is reused",
+        json_schema_extra={"flag": "semantic_cache_threshold"},
+    )
+    ttl: float = Field(
+        3600.0,
+        gt=0,
+        description="seconds an answer stays reusable",
+        json_schema_extra={"flag": "semantic_cache_ttl"},
+    )
+    max_entries: int = Field(
+        256,
+        ge=1,
+        description="answers kept per key, model and route",
+        json_schema_extra={"flag": "semantic_cache_entries"},
+    )
 
 
 class RagLinkConfig(BaseModel):
@@ -101,12 +131,21 @@ class RedisConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str | None = Field(
-        None, description="redis://host:port/db; default $REDIS_URL, else in-memory state"
+        None,
+        description="redis://host:port/db; default $REDIS_URL, else in-memory state",
+        json_schema_extra={"flag": "redis_url"},
     )
     socket_timeout: float = Field(
-        0.25, gt=0, description="seconds before a Redis call counts as failed (never stalls)"
+        0.25,
+        gt=0,
+        description="seconds before a Redis call counts as failed (never stalls)",
+        json_schema_extra={"flag": "redis_timeout"},
     )
-    key_prefix: str = Field("tessera:", description="prefix of every key the gateway writes")
+    key_prefix: str = Field(
+        "tessera:",
+        description="prefix of every key the gateway writes",
+        json_schema_extra={"flag": "redis_key_prefix"},
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -53,3 +54,14 @@ def test_bad_input_gives_one_clear_error_line(
     assert code == 2
     assert len(err) == 1 and err[0].startswith("tessera generate: error:")
     assert needle in err[0]
+
+
+@pytest.mark.parametrize("command", ["serve", "engine", "gateway", "rag", "generate", "keys"])
+def test_every_command_builds_its_flags(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from tessera.cli import build_parser
+
+    parser = build_parser()
+    with pytest.raises(SystemExit) as done:
+        parser.parse_args([command, "--help"])
+    assert done.value.code == 0
+    assert "--" in capsys.readouterr().out
