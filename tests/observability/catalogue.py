@@ -38,7 +38,13 @@ def _registries() -> list[CollectorRegistry]:
     gm.cache.labels("response", "hit")
     gm.rate_limited.labels("rpm")
     gm.upstream_errors.labels("request")
-    return [engine, gateway]
+    from services.rag.collection import CollectionStats
+    from services.rag.metrics import RagMetrics
+
+    rag = CollectorRegistry()
+    one = CollectionStats("docs", "u", 1, 1, 1, 384, "flat", 0, 1, 0, {})
+    RagMetrics(rag, lambda: [one], lambda: 0)
+    return [engine, gateway, rag]
 
 
 def exported() -> dict[str, MetricDoc]:

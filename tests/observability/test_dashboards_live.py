@@ -66,8 +66,20 @@ class Prometheus:
         self.proc.wait(10)
 
 
-async def drive_traffic(port: int) -> None:
+async def drive_traffic(port: int, rag_port: int) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{rag_port}") as rag:
+        await rag.post("/v1/collections", json={"name": "docs"})
+        docs = [{"id": "a", "text": "Tesserae are the small tiles of a mosaic."}]
+        assert (
+            await rag.post("/v1/collections/docs/documents", json={"documents": docs})
+        ).is_success
     c = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+    await c.chat.completions.create(
+        model="dummy:tiny",
+        max_tokens=4,
+        extra_body={"rag": {"collection": "docs", "top_k": 1}},
+        messages=[{"role": "user", "content": "What is a tessera?"}],
+    )
     hello = [{"role": "user", "content": "Hello!"}]
     same = {"model": "dummy:tiny", "messages": hello, "max_tokens": 8, "temperature": 0}
     await asyncio.gather(
@@ -82,7 +94,7 @@ async def drive_traffic(port: int) -> None:
         pass
     with pytest.raises(openai.NotFoundError):
         await c.chat.completions.create(**{**same, "model": "missing"})
-    with pytest.raises(openai.RateLimitError):  # the key's rpm (5) is now spent
+    with pytest.raises(openai.RateLimitError):  # the key's rpm (6) is now spent
         for _ in range(5):
             await c.completions.create(model="dummy:tiny", prompt="x", max_tokens=1)
     await c.close()
@@ -103,10 +115,22 @@ def panel_queries() -> list[tuple[str, str, str]]:
 
 
 async def test_every_panel_query_returns_data(tiny: ModelBundle, tmp_path: Path) -> None:
-    async with running_gateway(tiny, auth={"api_keys": [KEY]}, limits={"rpm": 5}) as server:
-        prom = Prometheus(tmp_path, {"tessera-gateway": f"127.0.0.1:{server.port}"})
+    async with running_gateway(
+        tiny,
+        auth={"api_keys": [KEY]},
+        limits={"rpm": 6},
+        rag={"enabled": True, "port": 0, "data_dir": tmp_path / "rag"},
+        semantic_cache={"enabled": True},
+    ) as server:
+        prom = Prometheus(
+            tmp_path,
+            {
+                "tessera-gateway": f"127.0.0.1:{server.port}",
+                "tessera-rag": f"127.0.0.1:{server.rag_port}",
+            },
+        )
         try:
-            await drive_traffic(server.port)
+            await drive_traffic(server.port, server.rag_port)
             deadline = time.monotonic() + 60
             pending = panel_queries()
             assert len(pending) > 20
