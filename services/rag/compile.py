@@ -24,7 +24,7 @@ from services.rag.quantize import QUANTIZERS
 log = logging.getLogger(__name__)
 
 # Bump when the exported graph or a quantization pass changes meaning.
-EXPORT_REVISION = "1"
+EXPORT_REVISION = "3"
 OPSET = 17
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
