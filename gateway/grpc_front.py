@@ -24,8 +24,9 @@ from gateway.api.generation import RequestContext
 from gateway.api.models import list_models
 from gateway.core import Gateway
 from gateway.errors import APIError, bad_request
+from gateway.rag import EmbeddingRequest, create_embeddings
 from tessera.http_server import grpc_server_credentials
-from tessera.v1 import chat_pb2, completions_pb2, models_pb2, service_pb2_grpc
+from tessera.v1 import chat_pb2, completions_pb2, embeddings_pb2, models_pb2, service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,18 @@ class TesseraServicer(service_pb2_grpc.TesseraServicer):
             completions_pb2.Completion,
         ):
             yield m
+
+    async def CreateEmbeddings(self, request: Any, context: Any) -> Any:
+        try:
+            self._context(context)
+            body = json_format.MessageToDict(request, preserving_proto_field_name=True)
+            req = _validate(EmbeddingRequest, body)
+            result = await create_embeddings(self.gw.rag, self.gw.embedding_model, req)
+        except Exception as e:
+            await self._fail(context, "embeddings", e)
+            raise
+        self.gw.metrics.requests.labels("grpc_embeddings", "200").inc()
+        return _to_proto(result, embeddings_pb2.EmbeddingList())
 
     async def ListModels(self, request: Any, context: Any) -> Any:
         try:

@@ -24,16 +24,17 @@ _sym_db = _symbol_database.Default()
 
 from tessera.v1 import chat_pb2 as tessera_dot_v1_dot_chat__pb2
 from tessera.v1 import completions_pb2 as tessera_dot_v1_dot_completions__pb2
+from tessera.v1 import embeddings_pb2 as tessera_dot_v1_dot_embeddings__pb2
 from tessera.v1 import models_pb2 as tessera_dot_v1_dot_models__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tessera/v1/service.proto\x12\ntessera.v1\x1a\x15tessera/v1/chat.proto\x1a\x1ctessera/v1/completions.proto\x1a\x17tessera/v1/models.proto2\x9a\x03\n\x07Tessera\x12U\n\x14\x43reateChatCompletion\x12!.tessera.v1.ChatCompletionRequest\x1a\x1a.tessera.v1.ChatCompletion\x12\\\n\x14StreamChatCompletion\x12!.tessera.v1.ChatCompletionRequest\x1a\x1f.tessera.v1.ChatCompletionChunk0\x01\x12I\n\x10\x43reateCompletion\x12\x1d.tessera.v1.CompletionRequest\x1a\x16.tessera.v1.Completion\x12K\n\x10StreamCompletion\x12\x1d.tessera.v1.CompletionRequest\x1a\x16.tessera.v1.Completion0\x01\x12\x42\n\nListModels\x12\x1d.tessera.v1.ListModelsRequest\x1a\x15.tessera.v1.ModelListb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tessera/v1/service.proto\x12\ntessera.v1\x1a\x15tessera/v1/chat.proto\x1a\x1ctessera/v1/completions.proto\x1a\x1btessera/v1/embeddings.proto\x1a\x17tessera/v1/models.proto2\xe7\x03\n\x07Tessera\x12U\n\x14\x43reateChatCompletion\x12!.tessera.v1.ChatCompletionRequest\x1a\x1a.tessera.v1.ChatCompletion\x12\\\n\x14StreamChatCompletion\x12!.tessera.v1.ChatCompletionRequest\x1a\x1f.tessera.v1.ChatCompletionChunk0\x01\x12I\n\x10\x43reateCompletion\x12\x1d.tessera.v1.CompletionRequest\x1a\x16.tessera.v1.Completion\x12K\n\x10StreamCompletion\x12\x1d.tessera.v1.CompletionRequest\x1a\x16.tessera.v1.Completion0\x01\x12K\n\x10\x43reateEmbeddings\x12\x1c.tessera.v1.EmbeddingRequest\x1a\x19.tessera.v1.EmbeddingList\x12\x42\n\nListModels\x12\x1d.tessera.v1.ListModelsRequest\x1a\x15.tessera.v1.ModelListb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tessera.v1.service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TESSERA']._serialized_start=119
-  _globals['_TESSERA']._serialized_end=529
+  _globals['_TESSERA']._serialized_start=148
+  _globals['_TESSERA']._serialized_end=635
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ import warnings
 
 from tessera.v1 import chat_pb2 as tessera_dot_v1_dot_chat__pb2
 from tessera.v1 import completions_pb2 as tessera_dot_v1_dot_completions__pb2
+from tessera.v1 import embeddings_pb2 as tessera_dot_v1_dot_embeddings__pb2
 from tessera.v1 import models_pb2 as tessera_dot_v1_dot_models__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -57,6 +58,11 @@ class TesseraStub:
                 request_serializer=tessera_dot_v1_dot_completions__pb2.CompletionRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_completions__pb2.Completion.FromString,
                 _registered_method=True)
+        self.CreateEmbeddings = channel.unary_unary(
+                '/tessera.v1.Tessera/CreateEmbeddings',
+                request_serializer=tessera_dot_v1_dot_embeddings__pb2.EmbeddingRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_embeddings__pb2.EmbeddingList.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/tessera.v1.Tessera/ListModels',
                 request_serializer=tessera_dot_v1_dot_models__pb2.ListModelsRequest.SerializeToString,
@@ -96,6 +102,13 @@ class TesseraServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateEmbeddings(self, request, context):
+        """Embeddings from the RAG service's embedder.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """The models the healthy engines serve.
         """
@@ -125,6 +138,11 @@ def add_TesseraServicer_to_server(servicer, server):
                     servicer.StreamCompletion,
                     request_deserializer=tessera_dot_v1_dot_completions__pb2.CompletionRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_completions__pb2.Completion.SerializeToString,
+            ),
+            'CreateEmbeddings': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateEmbeddings,
+                    request_deserializer=tessera_dot_v1_dot_embeddings__pb2.EmbeddingRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_embeddings__pb2.EmbeddingList.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -241,6 +259,33 @@ class Tessera:
             '/tessera.v1.Tessera/StreamCompletion',
             tessera_dot_v1_dot_completions__pb2.CompletionRequest.SerializeToString,
             tessera_dot_v1_dot_completions__pb2.Completion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateEmbeddings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Tessera/CreateEmbeddings',
+            tessera_dot_v1_dot_embeddings__pb2.EmbeddingRequest.SerializeToString,
+            tessera_dot_v1_dot_embeddings__pb2.EmbeddingList.FromString,
             options,
             channel_credentials,
             insecure,

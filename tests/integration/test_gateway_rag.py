@@ -8,6 +8,7 @@ import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import openai
@@ -145,3 +146,27 @@ async def test_semantic_cache_reuses_answers_within_a_key_only(gateway: GatewayS
         assert other_key.headers.get("x-tessera-cache") is None
         unrelated = await http.post(url, json=body("How do volcanoes erupt?"), headers=a)
         assert unrelated.headers.get("x-tessera-cache") is None
+
+
+async def test_grpc_embeddings_and_chat_with_retrieval(gateway: GatewayServer) -> None:
+    from tessera.v1 import chat_pb2, embeddings_pb2, service_pb2_grpc
+
+    md = (("authorization", f"Bearer {KEY_A}"),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+        stub = service_pb2_grpc.TesseraStub(channel)
+        emb = await stub.CreateEmbeddings(
+            embeddings_pb2.EmbeddingRequest(
+                model=gateway.gateway.embedding_model, input=["a mosaic tile"]
+            ),
+            metadata=md,
+        )
+        assert len(emb.data[0].embedding) == 384 and emb.usage.prompt_tokens > 0
+        chat = await stub.CreateChatCompletion(
+            chat_pb2.ChatCompletionRequest(
+                model=MODEL,
+                messages=[chat_pb2.ChatMessage(role="user", content="What is a tessera?")],
+                rag=chat_pb2.RagOptions(collection="facts", top_k=1),
+            ),
+            metadata=md,
+        )
+        assert chat.citations[0].document_id == "tessera"
