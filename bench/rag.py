@@ -114,7 +114,7 @@ async def grow(
 
 
 async def measure(service: RagService, n_queries: int, size: int) -> dict[str, Any]:
-    col = service._collection("bench")
+    col = service.collection("bench")
     qs = queries(n_queries, seed=size)
     for q in qs[:5]:  # warm-up: sessions, FAISS structures, caches of the allocator
         await service.retrieve("bench", "warm-up " + q, 4)

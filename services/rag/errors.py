@@ -71,6 +71,14 @@ class ModelNotFoundError(RagError):
     code = "model_not_found"
 
 
+class RequestTooLargeError(RagError):
+    """The request body is over the configured limit (HTTP 413)."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
 class RagUnavailableError(RagError):
     """The sidecar is loading, draining or unreachable; retry elsewhere or later (HTTP 503)."""
 
@@ -87,6 +95,7 @@ _BY_CODE: dict[str, type[RagError]] = {
         CollectionExistsError,
         DocumentNotFoundError,
         ModelNotFoundError,
+        RequestTooLargeError,
         RagUnavailableError,
     )
     if cls.code is not None

@@ -133,12 +133,15 @@ class RagService:
         return self._all_stats()
 
     def collection_stats(self, name: str) -> CollectionStats:
-        return self._collection(name).stats()
+        return self.collection(name).stats()
 
     async def delete_collection(self, name: str) -> None:
-        col = self._collection(name)
+        """Remove the collection from disk; a commit in progress finishes first."""
+        col = self.collection(name)
         async with self._catalog_lock:
-            self._collections.pop(name, None)
+            if self._collections.get(name) is not col:  # a concurrent delete won
+                raise CollectionNotFoundError(f"collection {name!r} does not exist", "collection")
+            del self._collections[name]
             await asyncio.to_thread(self._remove_directory, col)
 
     # ---- documents -----------------------------------------------------------
@@ -150,7 +153,7 @@ class RagService:
         chunk_overlap: int | None = None,
     ) -> IngestResult:
         """Chunk, embed and durably add documents (replacing any with the same id)."""
-        col = self._collection(collection)
+        col = self.collection(collection)
         if not documents:
             raise InvalidInputError("no documents to ingest", "documents")
         ids = [validate_document(d).id for d in documents]
@@ -181,7 +184,7 @@ class RagService:
 
     async def delete_document(self, collection: str, document_id: str) -> tuple[int, int]:
         """Durably remove a document; returns (chunks removed, new version)."""
-        col = self._collection(collection)
+        col = self.collection(collection)
         removed, version = await asyncio.to_thread(col.delete_document, document_id)
         self.metrics.deleted_documents.labels(collection).inc()
         return removed, version
@@ -192,7 +195,7 @@ class RagService:
     ) -> Retrieval:
         """The ``top_k`` chunks most similar to ``query``, filtered by metadata equality."""
         t0 = time.perf_counter()
-        col = self._collection(collection)
+        col = self.collection(collection)
         if not isinstance(query, str) or not query.strip():
             raise InvalidInputError("query must be a non-empty string", "query")
         if not 1 <= top_k <= MAX_TOP_K:
@@ -263,7 +266,8 @@ class RagService:
         assert self._caches is not None
         return self._caches
 
-    def _collection(self, name: str) -> Collection:
+    def collection(self, name: str) -> Collection:
+        """The loaded collection of that name (CollectionNotFoundError if none)."""
         self._require_ready()
         col = self._collections.get(name)
         if col is None:
@@ -278,7 +282,8 @@ class RagService:
 
     def _open_collections(self) -> dict[str, Collection]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        dim = self.embedder_dimension()
+        assert self._embedder is not None
+        dim = self._embedder.dimension
         collections = {}
         for path in sorted(self.data_dir.iterdir()):
             if path.name.startswith("."):  # an interrupted create or delete
@@ -288,10 +293,6 @@ class RagService:
                 col = Collection.load(path, dim, self.config.index)
                 collections[col.manifest.name] = col
         return collections
-
-    def embedder_dimension(self) -> int:
-        assert self._embedder is not None
-        return self._embedder.dimension
 
     @staticmethod
     def _remove_directory(col: Collection) -> None:

@@ -202,3 +202,15 @@ async def test_http_and_in_process_clients_agree_and_raise_typed_errors(server: 
     with pytest.raises(RagUnavailableError):
         await dead.retrieve("c", "q")
     await dead.close()
+
+
+async def test_oversized_body_is_refused_before_parsing(server: RagServer):
+    from services.rag.api.app import build_app
+
+    app = build_app(server.service, server.lifecycle, max_request_bytes=2048)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://rag") as client:
+        body = {"model": MODEL, "input": "x" * 4096}
+        response = await client.post("/v1/embeddings", json=body)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"

@@ -10,7 +10,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from services.rag.api import collections, embeddings
 from services.rag.api.errors import error_response, install_error_handlers
-from services.rag.errors import InvalidInputError, RagUnavailableError
+from services.rag.errors import RagUnavailableError, RequestTooLargeError
 from services.rag.service import RagService
 
 
@@ -44,9 +44,8 @@ def build_app(service: RagService, lifecycle: Lifecycle, max_request_bytes: int)
             return error_response(RagUnavailableError(f"the RAG sidecar is {why}; retry shortly"))
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > max_request_bytes:
-            err = InvalidInputError(f"request body over {max_request_bytes} bytes", "body")
-            err.status, err.code = 413, "request_too_large"
-            return error_response(err)
+            message = f"request body over {max_request_bytes} bytes"
+            return error_response(RequestTooLargeError(message, "body"))
         lifecycle.inflight += 1
         try:
             return await call_next(request)
