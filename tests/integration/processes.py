@@ -80,3 +80,63 @@ class EngineProcess:
 
     def stop(self) -> None:
         self.kill()
+
+
+def start_engines(n: int) -> list[EngineProcess]:
+    """n engine processes, started together and all ready (stop() them when done)."""
+    procs = [EngineProcess().start() for _ in range(n)]
+    try:
+        for p in procs:
+            p.wait_ready()
+    except BaseException:
+        for p in procs:
+            p.stop()
+        raise
+    return procs
+
+
+def start_serve(*extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    """`tessera serve` on tiny random weights as a process, ready; returns it and its port."""
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "tessera.cli", "serve", "--model", "dummy:tiny",
+        "--port", str(port), "--grpc-port", str(free_port()), "--kv-cache-memory", "64MiB",
+        "--max-model-len", "512", "--no-native-kernels", "--no-rag", *extra,
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ)
+    t_end = time.monotonic() + 240
+    while time.monotonic() < t_end:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise AssertionError(f"tessera serve exited with {proc.returncode}: {err[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                return proc, port
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("tessera serve never became ready")
+
+
+async def gateway_over(engines: list[EngineProcess], policy: str) -> object:
+    """A started in-process gateway routing to the engine processes (all healthy)."""
+    import asyncio
+
+    from gateway.config import GatewayConfig
+    from gateway.core import Gateway
+    from gateway.server import GatewayServer
+
+    config = GatewayConfig(
+        http={"host": "127.0.0.1", "port": 0, "grpc_port": 0},
+        routing={"engines": [e.address for e in engines], "policy": policy,
+                 "health_interval": 0.3},
+        redis={"url": None},
+    )  # fmt: skip
+    server = GatewayServer(Gateway(config))
+    await server.start()
+    for _ in range(100):
+        if len(server.gateway.pool.healthy()) == len(engines):
+            break
+        await asyncio.sleep(0.1)
+    return server

@@ -4,57 +4,24 @@ refused with a retryable status, and the process exits 0 within the drain timeou
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tessera.http_server import free_port
+from tests.integration.processes import start_serve
 
 
 @pytest.fixture
 def serve_process() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "tessera.cli",
-        "serve",
-        "--model",
-        "dummy:tiny",
-        "--port",
-        str(port),
-        "--grpc-port",
-        str(free_port()),
-        "--kv-cache-memory",
-        "64MiB",
-        "--max-model-len",
-        "512",
-        "--no-native-kernels",
-        "--drain-timeout",
-        "30",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ)
-    try:
-        t_end = time.monotonic() + 240
-        while time.monotonic() < t_end:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        yield proc, port
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc, port = start_serve("--drain-timeout", "30")
+    yield proc, port
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 async def test_sigterm_completes_in_flight_refuses_new_and_exits_zero(

@@ -10,43 +10,24 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from gateway.config import GatewayConfig
-from gateway.core import Gateway
 from gateway.server import GatewayServer
-from tests.integration.processes import EngineProcess
+from tests.integration.processes import EngineProcess, gateway_over, start_engines
 
 MODEL = "dummy:tiny"
 
 
 @pytest.fixture
 def engines() -> Iterator[list[EngineProcess]]:
-    procs = [EngineProcess().start(), EngineProcess().start()]
-    try:
-        for p in procs:
-            p.wait_ready()
-        yield procs
-    finally:
-        for p in procs:
-            p.stop()
+    procs = start_engines(2)
+    yield procs
+    for p in procs:
+        p.stop()
 
 
 @pytest.fixture
 async def gateway(engines: list[EngineProcess]) -> AsyncIterator[GatewayServer]:
-    config = GatewayConfig(
-        http={"host": "127.0.0.1", "port": 0, "grpc_port": 0},
-        routing={
-            "engines": [e.address for e in engines],
-            "policy": "round_robin",
-            "health_interval": 0.3,
-        },
-        redis={"url": None},
-    )
-    server = GatewayServer(Gateway(config))
-    await server.start()
-    for _ in range(100):
-        if len(server.gateway.pool.healthy()) == 2:
-            break
-        await asyncio.sleep(0.1)
+    server = await gateway_over(engines, "round_robin")
+    assert isinstance(server, GatewayServer)
     yield server
     await server.stop()
 

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tessera.http_server import free_port
 from tests.integration.gateway_fixtures import new_key
+from tests.integration.processes import start_serve
 
 MAIN_KEY, NOISY_KEY = new_key(), new_key()
 
@@ -45,37 +43,8 @@ def stack(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
             ]
         )
     )
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "tessera.cli",
-        "serve",
-        "--model",
-        "dummy:tiny",
-        "--port",
-        str(port),
-        "--grpc-port",
-        str(free_port()),
-        "--kv-cache-memory",
-        "64MiB",
-        "--max-model-len",
-        "512",
-        "--no-native-kernels",
-        "--keys-file",
-        str(keys),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ)
+    proc, port = start_serve("--keys-file", str(keys))
     try:
-        t_end = time.monotonic() + 240
-        while time.monotonic() < t_end:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
         yield proc, port
     finally:
         proc.terminate()
