@@ -1,0 +1,1 @@
+"""Benchmarks: engine throughput, RAG, and the serving benchmark (`bench/serving.py`)."""
