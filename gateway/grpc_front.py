@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from engine.service.errors import ErrorInterceptor
 from gateway.api.chat import ChatCompletionRequest
 from gateway.api.completions import CompletionRequest
-from gateway.api.generation import RequestContext
+from gateway.api.generation import RequestContext, request_id_from
 from gateway.api.models import list_models
 from gateway.core import Gateway
 from gateway.errors import APIError, bad_request
@@ -88,7 +88,7 @@ class TesseraServicer(service_pb2_grpc.TesseraServicer):
         principal = self.gw.authenticate(md.get("authorization"), md.get("api-key"))
         bypass = md.get("x-tessera-cache", "").lower() == "bypass"
         return RequestContext(
-            principal, md.get("x-request-id") or secrets.token_hex(8), bypass_cache=bypass
+            principal, request_id_from(md.get("x-request-id")), bypass_cache=bypass
         )
 
     async def _fail(self, context: grpc.aio.ServicerContext, route: str, e: Exception) -> None:

@@ -59,7 +59,10 @@ class Retrieval:
             raise bad_request("retrieval needs a user message to search with", "messages")
         try:
             chunks = await self.client.retrieve(
-                req.rag.collection, users[-1]["content"], req.rag.top_k
+                req.rag.collection,
+                users[-1]["content"],
+                req.rag.top_k,
+                request_id=ctx.request_id,
             )
         except RagError as e:
             raise _rag_error(e, "rag.collection") from e

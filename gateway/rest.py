@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.chat import UNSUPPORTED_CHAT_FIELDS, ChatCompletion, ChatCompletionRequest
 from gateway.api.completions import UNSUPPORTED_COMPLETION_FIELDS, Completion, CompletionRequest
-from gateway.api.generation import RequestContext
+from gateway.api.generation import RequestContext, request_id_from
 from gateway.api.models import Model, ModelList, get_model, list_models
 from gateway.errors import APIError, bad_request
 from gateway.rag import EmbeddingList, EmbeddingRequest, create_embeddings
@@ -171,7 +171,7 @@ def create_app(gw: Gateway) -> FastAPI:
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
-        return _error_response(exc, request.headers.get("x-request-id"))
+        return _error_response(exc, getattr(request.state, "request_id", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -191,10 +191,11 @@ def create_app(gw: Gateway) -> FastAPI:
         )
 
     async def context(request: Request, route: str) -> RequestContext:
+        rid = request_id_from(request.headers.get("x-request-id"))
+        request.state.request_id = rid  # error responses and the access log carry it too
         principal = gw.authenticate(
             request.headers.get("authorization"), request.headers.get("api-key")
         )
-        rid = request.headers.get("x-request-id") or secrets.token_hex(8)
         bypass = "no-cache" in request.headers.get("cache-control", "") or (
             request.headers.get("x-tessera-cache", "").lower() == "bypass"
         )
@@ -206,6 +207,19 @@ def create_app(gw: Gateway) -> FastAPI:
             h["X-Tessera-Cache"] = ctx.cache_status
         return h
 
+    def access_log(request: Request, route: str, status: str, t0: float) -> None:
+        log.info(
+            "%s %s",
+            route,
+            status,
+            extra={
+                "request_id": getattr(request.state, "request_id", None),
+                "route": route,
+                "status": int(status),
+                "duration_ms": round((time.perf_counter() - t0) * 1000, 1),
+            },
+        )
+
     async def generate(request: Request, route: str, handler: Any, body: Any) -> Response:
         t0 = time.perf_counter()
         try:
@@ -213,15 +227,18 @@ def create_app(gw: Gateway) -> FastAPI:
             result = await handler.create(body, ctx)
         except APIError as e:
             gw.metrics.requests.labels(route, str(e.status)).inc()
+            access_log(request, route, str(e.status), t0)
             raise
         if isinstance(result, BaseModel):
             gw.metrics.requests.labels(route, "200").inc()
             gw.metrics.latency.labels(route).observe(time.perf_counter() - t0)
+            access_log(request, route, "200", t0)
             return JSONResponse(result.model_dump(mode="json"), headers=headers(ctx))
 
         def on_end(status: str) -> None:
             gw.metrics.requests.labels(route, status).inc()
             gw.metrics.latency.labels(route).observe(time.perf_counter() - t0)
+            access_log(request, route, status, t0)
 
         return StreamingResponse(
             _sse(result, on_end),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
 from collections.abc import Sequence
 
-from tessera.commands import engine, gateway, generate, keys, rag, serve
+from tessera.commands import bench, engine, gateway, generate, keys, rag, serve
+from tessera.log_format import LOG_FORMATS, configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +16,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tessera",
         description="Tessera model serving: OpenAI-compatible gateway, INT8 engine pods, RAG.",
     )
-    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    # The environment gives the defaults so an image or a chart can set them once for
+    # every command (TESSERA_LOG_FORMAT=json in the container images).
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("TESSERA_LOG_LEVEL", "WARNING"),
+        help="logging level (default $TESSERA_LOG_LEVEL, else WARNING)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get("TESSERA_LOG_FORMAT", "text"),
+        choices=LOG_FORMATS,
+        help="text, or json: one object per line with request_id and other fields "
+        "(default $TESSERA_LOG_FORMAT, else text)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve.register(sub)
     engine.register(sub)
@@ -23,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     rag.register(sub)
     generate.register(sub)
     keys.register(sub)
+    bench.register(sub)
     return parser
 
 
@@ -30,7 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if args.log_format not in LOG_FORMATS:
+        parser.error(f"--log-format: choose from {', '.join(LOG_FORMATS)}, not {args.log_format!r}")
+    configure_logging(args.log_level, args.log_format, service=args.command)
     return int(args.run(args))
 
 

@@ -26,6 +26,20 @@ from engine.service.errors import RETRY_AFTER_KEY, EngineUnavailableError
 from tessera.engine.v1 import engine_pb2 as pb
 from tessera.engine.v1 import engine_pb2_grpc as pb_grpc
 
+REQUEST_ID_METADATA = "x-request-id"
+"""gRPC metadata key of the caller's request id, logged by the engine with its own lines."""
+
+
+def engine_request_id(correlation_id: str | None = None) -> str:
+    """A request id unique among an engine's in-flight requests, led by the caller's id.
+
+    The caller's id alone is not unique enough: a client may reuse its X-Request-Id, and
+    a completion with several prompts sends one engine request per prompt.
+    """
+    if correlation_id:
+        return f"{correlation_id}-{uuid.uuid4().hex[:12]}"
+    return f"req-{uuid.uuid4().hex}"
+
 
 @dataclass
 class ChatPrompt:
@@ -83,8 +97,13 @@ class EngineClient(Protocol):
         request_id: str | None = None,
         priority: int = 0,
         timeout: float | None = None,
+        correlation_id: str | None = None,
     ) -> GenerationStream:
-        """Start a request; returns once the engine accepted it (or raises)."""
+        """Start a request; returns once the engine accepted it (or raises).
+
+        ``correlation_id`` is the caller's request id (the gateway's X-Request-Id): the
+        engine logs it, and derives its own unique request id from it when none is given.
+        """
 
     async def abort(self, request_id: str) -> bool:
         """Abort a request; True when it was in flight."""
@@ -127,7 +146,9 @@ class LocalEngineClient:
         request_id: str | None = None,
         priority: int = 0,
         timeout: float | None = None,
+        correlation_id: str | None = None,
     ) -> GenerationStream:
+        request_id = request_id or engine_request_id(correlation_id)
         if isinstance(prompt, ChatPrompt):
             tok = self.engine.engine.tokenizer
             text: str | Sequence[int] = tok.apply_chat_template(
@@ -257,9 +278,13 @@ class GrpcEngineClient:
         request_id: str | None = None,
         priority: int = 0,
         timeout: float | None = None,
+        correlation_id: str | None = None,
     ) -> GenerationStream:
-        rid = request_id or f"req-{uuid.uuid4().hex}"
-        call = self.stub.Generate(_request(prompt, params, rid, priority), timeout=timeout)
+        rid = request_id or engine_request_id(correlation_id)
+        metadata = ((REQUEST_ID_METADATA, correlation_id),) if correlation_id else None
+        call = self.stub.Generate(
+            _request(prompt, params, rid, priority), timeout=timeout, metadata=metadata
+        )
         try:
             first = await call.read()
         except grpc.aio.AioRpcError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
@@ -13,8 +14,11 @@ import tessera
 from engine.async_engine import AsyncEngine
 from engine.errors import InvalidRequestError
 from engine.service import convert
+from engine.service.client import REQUEST_ID_METADATA
 from tessera.engine.v1 import engine_pb2 as pb
 from tessera.engine.v1 import engine_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
 
 
 class EngineHost(Protocol):
@@ -87,6 +91,7 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         )
         piece = self._piece_fn(engine)
         self.host.track(stream.request_id)
+        t0, outcome, last = time.perf_counter(), "cancelled", None
         try:
             yield pb.GenerateResponse(
                 request_id=stream.request_id,
@@ -94,10 +99,16 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
                 prompt_token_ids=stream.prompt_token_ids if request.return_prompt_token_ids else [],
             )
             async for out in stream:
+                last = out
                 yield convert.output_to_pb(out, piece)
+            outcome = "finished"
+        except Exception:
+            outcome = "failed"
+            raise
         finally:
             stream.close()  # client gone or cancelled: abort within one step
             self.host.untrack(stream.request_id)
+            _log_generate(context, stream.request_id, outcome, last, time.perf_counter() - t0)
 
     async def Abort(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         engine = self.host.engine
@@ -133,3 +144,21 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
             accepting=self.host.accepting,
             version=tessera.__version__,
         )
+
+
+def _log_generate(
+    context: grpc.aio.ServicerContext, rid: str, outcome: str, last: Any, seconds: float
+) -> None:
+    """One line per Generate stream, under the caller's request id (gRPC metadata)."""
+    metadata = dict(context.invocation_metadata() or ())
+    log.info(
+        "generate %s",
+        outcome,
+        extra={
+            "request_id": metadata.get(REQUEST_ID_METADATA) or rid,
+            "engine_request_id": rid,
+            "prompt_tokens": last.num_prompt_tokens if last else None,
+            "completion_tokens": last.num_output_tokens if last else 0,
+            "duration_ms": round(seconds * 1000, 1),
+        },
+    )

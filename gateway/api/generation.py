@@ -7,6 +7,8 @@ engine stream ▶ per-choice events ▶ usage charged, metrics, cache filled.
 from __future__ import annotations
 
 import contextlib
+import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,6 +20,16 @@ from engine.service.client import Prompt
 from gateway.api.common import SamplingFields, Usage, make_usage, new_id, now
 from gateway.engines.pool import RETRYABLE, EnginePool, RoutedStream, engine_error
 from gateway.errors import from_engine_error
+
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+def request_id_from(given: str | None) -> str:
+    """The client's request id when it is a safe token (it goes into logs and gRPC
+    metadata), else a fresh one."""
+    if given and _CLIENT_REQUEST_ID.fullmatch(given):
+        return given
+    return secrets.token_hex(8)
 
 
 @dataclass
@@ -300,7 +312,9 @@ class Generation:
                 t1 = time.perf_counter()
                 prompt, citations = await self.retriever(ctx, req, prompt)
                 ctx.stages["retrieval"] = time.perf_counter() - t1
-            stream = await self.pool.generate(req.model, prompt, params, key, self.request_timeout)
+            stream = await self.pool.generate(
+                req.model, prompt, params, key, self.request_timeout, ctx.request_id
+            )
         except BaseException as e:
             release()
             mapped = from_engine_error(e) if isinstance(e, Exception) else None

@@ -168,9 +168,13 @@ class EnginePool:
         params: SamplingParams,
         key: str | None,
         timeout: float | None = None,
+        request_id: str | None = None,
     ) -> RoutedStream:
-        """Start the request on an engine chosen by the policy (see RoutedStream)."""
-        stream = RoutedStream(self, model, prompt, params, key, timeout)
+        """Start the request on an engine chosen by the policy (see RoutedStream).
+
+        ``request_id`` (the gateway's) goes with it, so the engine logs the same id.
+        """
+        stream = RoutedStream(self, model, prompt, params, key, timeout, request_id)
         await stream.start()
         return stream
 
@@ -190,9 +194,10 @@ class RoutedStream:
         params: SamplingParams,
         key: str | None,
         timeout: float | None,
+        request_id: str | None = None,
     ) -> None:
         self._pool, self._model, self._prompt, self._params = pool, model, prompt, params
-        self._key, self._timeout = key, timeout
+        self._key, self._timeout, self.request_id = key, timeout, request_id
         self._tried: list[Endpoint] = []
         self._stream: GenerationStream | None = None
         self.endpoint: Endpoint | None = None
@@ -220,7 +225,10 @@ class RoutedStream:
             endpoint.outstanding += 1
             try:
                 self._stream = await endpoint.client.generate(
-                    self._prompt, self._params, timeout=self._timeout
+                    self._prompt,
+                    self._params,
+                    timeout=self._timeout,
+                    correlation_id=self.request_id,
                 )
             except QueueFullError as e:
                 endpoint.outstanding -= 1
@@ -236,6 +244,11 @@ class RoutedStream:
                 raise
             self.endpoint = endpoint
             endpoint.served += 1
+            log.debug(
+                "routed to %s",
+                endpoint.name,
+                extra={"request_id": self.request_id, "engine": endpoint.name},
+            )
             return
 
     def _release(self) -> None:

@@ -21,14 +21,23 @@ from services.rag.model_files import MODEL_NAME
 from services.rag.results import Chunk, Embeddings, IngestResult
 from services.rag.service import RagService
 
+REQUEST_ID_HEADER = "X-Request-Id"
+"""The caller's request id, logged by the sidecar with its line for the request."""
+
 
 class RagClient(Protocol):
     """What the gateway needs from RAG: retrieval for chat, embeddings for its API and cache."""
 
     async def retrieve(
-        self, collection: str, query: str, top_k: int = 4, filters: Filters | None = None
+        self,
+        collection: str,
+        query: str,
+        top_k: int = 4,
+        filters: Filters | None = None,
+        request_id: str | None = None,
     ) -> list[Chunk]:
-        """Best ``top_k`` chunks for ``query`` (score = cosine), metadata equality filters."""
+        """Best ``top_k`` chunks for ``query`` (score = cosine), metadata equality filters;
+        ``request_id`` is the caller's, for the sidecar's log."""
         ...
 
     async def embed(self, texts: list[str]) -> Embeddings:
@@ -45,7 +54,12 @@ class InProcessRagClient:
         self.service = service
 
     async def retrieve(
-        self, collection: str, query: str, top_k: int = 4, filters: Filters | None = None
+        self,
+        collection: str,
+        query: str,
+        top_k: int = 4,
+        filters: Filters | None = None,
+        request_id: str | None = None,
     ) -> list[Chunk]:
         return (await self.service.retrieve(collection, query, top_k, filters)).chunks
 
@@ -84,12 +98,18 @@ class HttpRagClient:
         )
 
     async def retrieve(
-        self, collection: str, query: str, top_k: int = 4, filters: Filters | None = None
+        self,
+        collection: str,
+        query: str,
+        top_k: int = 4,
+        filters: Filters | None = None,
+        request_id: str | None = None,
     ) -> list[Chunk]:
         body: dict[str, Any] = {"query": query, "top_k": top_k}
         if filters:
             body["filters"] = filters
-        data = await self._call("POST", f"/v1/collections/{_seg(collection)}/retrieve", body)
+        path = f"/v1/collections/{_seg(collection)}/retrieve"
+        data = await self._call("POST", path, body, request_id)
         return [Chunk.from_dict(c) for c in data["data"]]
 
     async def embed(self, texts: list[str]) -> Embeddings:
@@ -123,9 +143,12 @@ class HttpRagClient:
     async def close(self) -> None:
         await self._http.aclose()
 
-    async def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    async def _call(
+        self, method: str, path: str, body: Any = None, request_id: str | None = None
+    ) -> dict[str, Any]:
+        headers = {REQUEST_ID_HEADER: request_id} if request_id else None
         try:
-            response = await self._http.request(method, path, json=body)
+            response = await self._http.request(method, path, json=body, headers=headers)
         except httpx.TimeoutException as e:
             raise RagUnavailableError(f"RAG sidecar timed out: {e!r}") from e
         except httpx.TransportError as e:

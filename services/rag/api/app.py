@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
@@ -12,6 +14,8 @@ from services.rag.api import collections, embeddings
 from services.rag.api.errors import error_response, install_error_handlers
 from services.rag.errors import RagUnavailableError, RequestTooLargeError
 from services.rag.service import RagService
+
+log = logging.getLogger(__name__)
 
 
 class Lifecycle:
@@ -47,10 +51,26 @@ def build_app(service: RagService, lifecycle: Lifecycle, max_request_bytes: int)
             message = f"request body over {max_request_bytes} bytes"
             return error_response(RequestTooLargeError(message, "body"))
         lifecycle.inflight += 1
+        t0, status = time.perf_counter(), 500
         try:
-            return await call_next(request)
+            response = await call_next(request)
+            status = response.status_code
+            return response
         finally:
             lifecycle.inflight -= 1
+            log.info(
+                "%s %s %d",
+                request.method,
+                request.url.path,
+                status,
+                extra={
+                    "request_id": request.headers.get("x-request-id"),
+                    "method": request.method,
+                    "path": request.url.path,
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - t0) * 1000, 1),
+                },
+            )
 
     @app.get("/health")
     async def health() -> JSONResponse:
