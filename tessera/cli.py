@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from tessera.commands import bench, engine, gateway, generate, keys, rag, serve
 from tessera.log_format import LOG_FORMATS, configure_logging
+from tessera.tracing import configure_tracing
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log_format not in LOG_FORMATS:
         parser.error(f"--log-format: choose from {', '.join(LOG_FORMATS)}, not {args.log_format!r}")
     configure_logging(args.log_level, args.log_format, service=args.command)
+    configure_tracing(args.command)  # only with the otel extra and an OTLP endpoint
     return int(args.run(args))
 
 

@@ -106,7 +106,12 @@ def _settings_class(command: str) -> type[BaseModel]:
     from gateway.config import GatewayConfig
     from services.rag.config import RagConfig
 
-    return {"engine": EnginePodConfig, "gateway": GatewayConfig, "rag": RagConfig}[command]
+    classes: dict[str, type[BaseModel]] = {
+        "engine": EnginePodConfig,
+        "gateway": GatewayConfig,
+        "rag": RagConfig,
+    }
+    return classes[command]
 
 
 @cache
@@ -122,8 +127,8 @@ def http_routes(command: str) -> frozenset[str]:
         from gateway.core import Gateway
         from gateway.rest import create_app
 
-        config = GatewayConfig(routing={"engines": ["127.0.0.1:1"]}, redis={"url": None})
-        app = create_app(Gateway(config))
+        gateway = GatewayConfig(routing={"engines": ["127.0.0.1:1"]}, redis={"url": None})
+        app = create_app(Gateway(gateway))
     else:
         from services.rag.api.app import Lifecycle, build_app
         from services.rag.config import RagConfig

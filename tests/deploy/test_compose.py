@@ -100,7 +100,8 @@ def test_gateway_reaches_engine_rag_and_redis_by_service_name() -> None:
     services = tessera_services()
     gateway: Any = services["gateway"].config
     host, port = gateway.routing.engines[0].split(":")
-    assert host == "engine" and int(port) == services["engine"].config.server.port  # type: ignore[attr-defined]
+    engine: Any = services["engine"].config
+    assert host == "engine" and int(port) == engine.server.port
     rag = urlparse(gateway.rag.rag_url)
     assert rag.hostname == "rag" and rag.port == services["rag"].http_port
     rag_config: Any = services["rag"].config

@@ -325,3 +325,13 @@ def test_config_changes_roll_the_pods() -> None:
         before["spec"]["template"]["metadata"]["annotations"][key]
         != after["spec"]["template"]["metadata"]["annotations"][key]
     )
+
+
+def test_tracing_endpoint_reaches_every_service_only_when_set() -> None:
+    from tessera.tracing import ENDPOINT_VARIABLE
+
+    endpoint = values("servicemonitor")["tracing"]["otlpEndpoint"]
+    on, off = stack("servicemonitor"), stack("default")
+    for command in ("engine", "gateway", "rag"):
+        assert on.env_of(on.workload_of(command)[1])[ENDPOINT_VARIABLE] == endpoint
+        assert ENDPOINT_VARIABLE not in off.env_of(off.workload_of(command)[1])

@@ -31,14 +31,18 @@ def test_json_formatter_puts_extra_fields_beside_the_message() -> None:
     assert line["logger"] == "gateway.rest" and line["ts"].endswith("+00:00")
 
 
-def test_log_format_flag_refuses_unknown_formats() -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "tessera.cli", "--log-format", "xml", "keys", "new", "x"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert run.returncode == 2 and "--log-format" in run.stderr
+def test_log_format_refuses_unknown_formats_from_flag_and_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tessera.cli import main
+
+    with pytest.raises(SystemExit) as flag:
+        main(["--log-format", "xml", "keys", "new", "x"])
+    monkeypatch.setenv("TESSERA_LOG_FORMAT", "xml")
+    with pytest.raises(SystemExit) as env:
+        main(["keys", "new", "x"])
+    assert flag.value.code == env.value.code == 2
+    assert capsys.readouterr().err.count("--log-format") >= 2
 
 
 class LoggedProcess:
