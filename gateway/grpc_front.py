@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,20 @@ class TesseraServicer(service_pb2_grpc.TesseraServicer):
             principal, request_id_from(md.get("x-request-id")), bypass_cache=bypass
         )
 
+    @staticmethod
+    def _access_log(route: str, ctx: RequestContext | None, status: int, t0: float) -> None:
+        log.info(
+            "grpc_%s %d",
+            route,
+            status,
+            extra={
+                "request_id": ctx.request_id if ctx else None,
+                "route": f"grpc_{route}",
+                "status": status,
+                "duration_ms": round((time.perf_counter() - t0) * 1000, 1),
+            },
+        )
+
     async def _fail(self, context: grpc.aio.ServicerContext, route: str, e: Exception) -> None:
         if not isinstance(e, APIError):
             incident = secrets.token_hex(6)
@@ -114,14 +129,18 @@ class TesseraServicer(service_pb2_grpc.TesseraServicer):
         context: grpc.aio.ServicerContext,
         out: Any,
     ) -> Any:
+        t0 = time.perf_counter()
+        ctx: RequestContext | None = None
         try:
             ctx = self._context(context)
             req = _validate(model, _request_dict(msg, stream=False))
             result = await handler.create(req, ctx)
         except Exception as e:
+            self._access_log(route, ctx, e.status if isinstance(e, APIError) else 500, t0)
             await self._fail(context, route, e)
             raise
         self.gw.metrics.requests.labels(f"grpc_{route}", "200").inc()
+        self._access_log(route, ctx, 200, t0)
         if ctx.cache_status:
             await context.send_initial_metadata((("x-tessera-cache", ctx.cache_status),))
         return _to_proto(result, out())
@@ -135,6 +154,8 @@ class TesseraServicer(service_pb2_grpc.TesseraServicer):
         context: grpc.aio.ServicerContext,
         out: Any,
     ) -> AsyncIterator[Any]:
+        t0 = time.perf_counter()
+        ctx: RequestContext | None = None
         try:
             ctx = self._context(context)
             req = _validate(model, _request_dict(msg, stream=True))
@@ -144,8 +165,10 @@ class TesseraServicer(service_pb2_grpc.TesseraServicer):
         except grpc.aio.AbortError:
             raise
         except Exception as e:
+            self._access_log(route, ctx, e.status if isinstance(e, APIError) else 500, t0)
             await self._fail(context, route, e)
         self.gw.metrics.requests.labels(f"grpc_{route}", "200").inc()
+        self._access_log(route, ctx, 200, t0)
 
     async def CreateChatCompletion(self, request: Any, context: Any) -> Any:
         return await self._unary(

@@ -30,10 +30,15 @@ def _kustomize_version() -> tuple[int, ...] | None:
 
 
 KUSTOMIZE = _kustomize_version()
+FOUND = (
+    "no kubectl"
+    if shutil.which("kubectl") is None
+    else f"kustomize {'.'.join(map(str, KUSTOMIZE)) if KUSTOMIZE else 'of unknown version'}"
+)
 pytestmark = pytest.mark.skipif(
     KUSTOMIZE is None or KUSTOMIZE < (4, 1),
-    reason="needs kubectl with kustomize >= 4.1 (for `labels` and inline patches); "
-    f"found {KUSTOMIZE or 'no kubectl'} (.ci/ensure-tools installs one where it can)",
+    reason="needs kubectl with kustomize >= 4.1 (for `labels` and inline patches), found "
+    f"{FOUND} (.ci/ensure-tools installs Debian's kubectl where it can)",
 )
 
 _built: dict[str, str] = {}

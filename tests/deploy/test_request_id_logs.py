@@ -15,11 +15,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 
 from tessera.http_server import free_port
 from tessera.log_format import JsonFormatter
+from tessera.v1 import chat_pb2, common_pb2, service_pb2_grpc
 
 
 def test_json_formatter_puts_extra_fields_beside_the_message() -> None:
@@ -122,6 +124,7 @@ def stack(tmp_path: Path):
 
 
 def test_gateway_engine_and_rag_log_one_request_under_the_gateways_request_id(stack) -> None:
+    """REST with a client id, REST without one (the gateway makes it), and gRPC."""
     procs, ports = stack
     rag = f"http://127.0.0.1:{ports['rag']}"
     api = f"http://127.0.0.1:{ports['http']}"
@@ -145,6 +148,17 @@ def test_gateway_engine_and_rag_log_one_request_under_the_gateways_request_id(st
     r2 = httpx.post(f"{api}/v1/chat/completions", json={**chat, "stream": True}, timeout=60)
     assert r2.status_code == 200 and "[DONE]" in r2.text
     made = r2.headers["x-request-id"]
+    # the public gRPC API takes the id from the x-request-id metadata
+    over_grpc = f"grpc-{uuid.uuid4().hex[:12]}"
+    with grpc.insecure_channel(f"127.0.0.1:{ports['grpc']}") as channel:
+        stub = service_pb2_grpc.TesseraStub(channel)
+        req = chat_pb2.ChatCompletionRequest(
+            model="dummy:tiny",
+            messages=[chat_pb2.ChatMessage(role="user", content="hi")],
+            sampling=common_pb2.SamplingOptions(max_tokens=3),
+        )
+        reply = stub.CreateChatCompletion(req, metadata=[("x-request-id", over_grpc)], timeout=60)
+        assert reply.choices
     for p in procs.values():
         p.stop()  # flushes and closes the logs
     logs = {name: p.lines() for name, p in procs.items()}
@@ -156,3 +170,7 @@ def test_gateway_engine_and_rag_log_one_request_under_the_gateways_request_id(st
         assert eng["engine_request_id"].startswith(rid)
         (ret,) = [ln for ln in logs["rag"] if ln.get("request_id") == rid]
         assert ret["path"] == "/v1/collections/docs/retrieve" and ret["status"] == 200
+    (gw,) = [ln for ln in logs["gateway"] if ln.get("request_id") == over_grpc]
+    assert gw["route"] == "grpc_chat" and gw["status"] == 200
+    (eng,) = [ln for ln in logs["engine"] if ln.get("request_id") == over_grpc]
+    assert eng["engine_request_id"].startswith(over_grpc)
