@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -44,6 +45,11 @@ class BackendOptions:
     cpu_transposed_weights_max_bytes: int = 2 * 1024**3
     weight_dtype: str = "same"  # "bfloat16": matmul weights in bf16, activations float32 (CPU)
     native_kernels: bool = True  # compiled CPU decode attention, where a compiler exists
+    provider: str = "auto"  # ONNX Runtime execution provider: auto | cpu | cuda | tensorrt
+    graph_optimization: str = "all"  # ONNX Runtime graph optimization level
+    int8_scheme: str = "auto"  # dynamic (CPU) | qdq (static, calibrated) | auto by provider
+    int8_lm_head: bool = False  # also quantize the vocabulary projection
+    artifact_dir: Path | None = None  # where built models are cached (default the model cache)
 
 
 class Backend(ABC):

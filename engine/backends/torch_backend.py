@@ -7,7 +7,7 @@ import torch
 
 from engine.backends.base import Backend, BackendOptions, BatchInputs, register_backend
 from engine.kernels import load_cpu_kernels
-from engine.model.attention import AttentionMetadata, PagedKVCache, PrefillSpan
+from engine.model.attention import AttentionMetadata, PagedAttention, PagedKVCache, PrefillSpan
 from engine.model.llama import LlamaModel
 from engine.model_source import ModelBundle
 
@@ -20,7 +20,7 @@ class TorchBackend(Backend):
 
     def __init__(self, bundle: ModelBundle, options: BackendOptions) -> None:
         super().__init__(bundle, options)
-        if options.quantization != "none":
+        if options.quantization not in ("none", "int8"):
             raise ValueError(f"backend torch has no quantization mode {options.quantization!r}")
         if options.dtype not in _DTYPES:
             raise ValueError(f"unknown dtype {options.dtype!r}; use one of {sorted(_DTYPES)}")
@@ -37,7 +37,11 @@ class TorchBackend(Backend):
         # RoPE tables stay float32 so positions far out keep their precision.
         self.model.rotary.float()
         weight_bytes = cfg.num_parameters * self.dtype.itemsize
-        if options.weight_dtype == "bfloat16":
+        if options.quantization == "int8":
+            if self.device.type != "cpu" or self.dtype != torch.float32:
+                raise ValueError("backend torch's int8 mode is a CPU mode over float32 activations")
+            self.model.use_int8_weights()
+        elif options.weight_dtype == "bfloat16":
             if self.device.type != "cpu" or self.dtype != torch.float32:
                 raise ValueError("--weight-dtype bfloat16 is a CPU mode over float32 activations")
             self.model.use_bfloat16_weights()
@@ -83,8 +87,7 @@ class TorchBackend(Backend):
             torch.from_numpy(inputs.token_ids).to(dev),
             torch.from_numpy(inputs.positions).to(dev),
             torch.from_numpy(inputs.logits_indices).to(dev),
-            self.caches,
-            meta,
+            PagedAttention(self.caches, meta),
         )
         return logits.cpu()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,16 @@ class AttentionMetadata:
     decode_context_lens: torch.Tensor  # [num_decodes] int64
     native_decode: Callable[..., torch.Tensor] | None = None
     """engine.kernels' paged_decode_attention when built: reads blocks in place."""
+
+
+class LayerAttention(Protocol):
+    """How a decoder layer attends: keeps this step's K/V and returns the attention output."""
+
+    def __call__(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        """q [n, heads, hd], k and v [n, kv_heads, hd] (rotated) -> [n, heads, hd]."""
+        ...
 
 
 class PagedKVCache:
@@ -124,3 +135,78 @@ def paged_attention(
         )  # [1, heads, n, hd]
         out[rows] = os_[0].transpose(0, 1)
     return out
+
+
+class PagedAttention:
+    """Eager paged attention: each layer writes into and reads from its own pool."""
+
+    def __init__(self, caches: list[PagedKVCache], meta: AttentionMetadata) -> None:
+        self.caches = caches
+        self.meta = meta
+
+    def __call__(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        return paged_attention(q, k, v, self.caches[layer], self.meta)
+
+
+class GatheredPoolAttention:
+    """Attention for a compiled graph over one resident pool it only reads.
+
+    The pool is one tensor [num_layers * 2 * num_blocks, block_size, kv_heads, hd]
+    (layer l's K blocks at rows 2l*NB.., its V blocks at (2l+1)*NB..), so that a
+    gather by block table touches only the blocks in use, never the whole pool. The
+    batch is B sequences of Q new tokens each (the backend groups decodes, Q = 1,
+    and runs prefill chunks one sequence at a time). This step's K/V are attended
+    to directly and collected in ``new_kv`` for the backend to write into the pool.
+    """
+
+    def __init__(
+        self,
+        pool: torch.Tensor,  # [L * 2 * NB, bs, kvh, hd]
+        block_tables: torch.Tensor,  # [B, nb] blocks holding each sequence's cached tokens
+        past_lens: torch.Tensor,  # [B] tokens already cached per sequence
+        num_layers: int,
+    ) -> None:
+        self.pool = pool
+        self.block_tables = block_tables
+        self.past_lens = past_lens
+        self.blocks_per_pool = pool.shape[0] // (2 * num_layers)
+        self.new_kv: list[torch.Tensor] = []
+        self._mask: torch.Tensor | None = None
+
+    def _additive_mask(self, num_new: int, num_past: int) -> torch.Tensor:
+        # Plain ints here; under tracing they are recorded as the inputs' dynamic sizes.
+        # [B, 1, 1, Q, P + Q]: cached keys up to past_len, new keys causally.
+        qpos = torch.arange(num_new).unsqueeze(1)  # [Q, 1]
+        causal = torch.arange(num_new).unsqueeze(0) <= qpos  # [Q, Q]
+        past = torch.arange(num_past).unsqueeze(0) < self.past_lens.unsqueeze(1)  # [B, P]
+        b = self.past_lens.shape[0]
+        allowed = torch.cat(
+            [past.unsqueeze(1).expand(b, causal.shape[0], -1), causal.expand(b, -1, -1)], dim=2
+        )
+        zero = torch.zeros((), dtype=self.pool.dtype)
+        neg = torch.full((), torch.finfo(self.pool.dtype).min, dtype=self.pool.dtype)
+        return torch.where(allowed, zero, neg)[:, None, None]
+
+    def __call__(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        n, heads, hd = q.shape
+        kvh = k.shape[1]
+        b = self.block_tables.shape[0]
+        self.new_kv += [k, v]
+        k_rows = self.block_tables + 2 * layer * self.blocks_per_pool
+        past_k = self.pool[k_rows].reshape(b, -1, kvh, hd)  # [B, P, kvh, hd]
+        past_v = self.pool[k_rows + self.blocks_per_pool].reshape(b, -1, kvh, hd)
+        qb = q.reshape(b, -1, kvh, heads // kvh, hd)  # [B, Q, kvh, g, hd]
+        keys = torch.cat([past_k, k.reshape(b, -1, kvh, hd)], dim=1)  # [B, P+Q, kvh, hd]
+        values = torch.cat([past_v, v.reshape(b, -1, kvh, hd)], dim=1)
+        if self._mask is None:
+            self._mask = self._additive_mask(qb.shape[1], past_k.shape[1])
+        # Query heads grouped under their KV head: no copy of K/V per query head.
+        qg = qb.permute(0, 2, 3, 1, 4)  # [B, kvh, g, Q, hd]
+        scores = torch.matmul(qg, keys.permute(0, 2, 3, 1).unsqueeze(2)) * hd**-0.5
+        probs = torch.softmax(scores + self._mask, dim=-1)  # [B, kvh, g, Q, P+Q]
+        out = torch.matmul(probs, values.permute(0, 2, 1, 3).unsqueeze(2))  # [B, kvh, g, Q, hd]
+        return out.permute(0, 3, 1, 2, 4).reshape(n, heads, hd)

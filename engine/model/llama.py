@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.model.attention import AttentionMetadata, PagedKVCache, paged_attention
+from engine.model.attention import LayerAttention
 from engine.model.rope import RotaryEmbedding, apply_rope
 from engine.model_source.arch import LlamaArchConfig
 
@@ -26,12 +26,24 @@ class Projection(nn.Linear):
 
     weight_t: torch.Tensor | None
     weight_bf16: torch.Tensor | None
+    weight_int8: torch.Tensor | None
 
     def __init__(self, in_features: int, out_features: int, contiguous_output: bool = False):
         super().__init__(in_features, out_features, bias=False)
         self.weight_t = None
         self.weight_bf16 = None
+        self.weight_int8 = None
         self.contiguous_output = contiguous_output
+
+    def keep_int8_copy(self) -> None:
+        """Multiply with int8 weights (per-output-channel scales), activations quantized per
+        call: the PyTorch backend's INT8 mode (FBGEMM/oneDNN dynamic linear on CPU)."""
+        w = self.weight.detach().float()
+        scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8).double()
+        zero = torch.zeros(w.shape[0], dtype=torch.int64)
+        qw = torch.quantize_per_channel(w, scales, zero, 0, torch.qint8)
+        self.weight_int8 = torch.ops.quantized.linear_prepack(qw, None)
+        self.weight_t = self.weight_bf16 = None
 
     def keep_bfloat16_copy(self) -> None:
         """Multiply with a bfloat16 copy of W (float32 activations in and out).
@@ -52,6 +64,13 @@ class Projection(nn.Linear):
             self.weight_t = self.weight.detach().t().contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [rows, in] -> [rows, out]
+        if torch.onnx.is_in_onnx_export():
+            # One MatMul with a constant [in, out] weight: what ONNX Runtime's quantizers
+            # and TensorRT recognise (the CPU orientation tricks below are eager-only).
+            return torch.matmul(x, self.weight.t())
+        if self.weight_int8 is not None:
+            out: torch.Tensor = torch.ops.quantized.linear_dynamic(x, self.weight_int8)
+            return out
         if x.device.type != "cpu":
             return F.linear(x, self.weight)
         if self.weight_bf16 is not None:
@@ -98,14 +117,17 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():  # spelled out: the exporter has no rms_norm op
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 class DecoderLayer(nn.Module):
     """Pre-norm attention block and SwiGLU MLP, with fused QKV and gate/up projections."""
 
-    def __init__(self, cfg: LlamaArchConfig) -> None:
+    def __init__(self, cfg: LlamaArchConfig, index: int) -> None:
         super().__init__()
+        self.index = index
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
@@ -122,8 +144,7 @@ class DecoderLayer(nn.Module):
         h: torch.Tensor,  # [num_tokens, hidden]
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: PagedKVCache,
-        meta: AttentionMetadata,
+        attention: LayerAttention,
     ) -> torch.Tensor:
         n = h.shape[0]
         x = self.input_layernorm(h)
@@ -132,7 +153,7 @@ class DecoderLayer(nn.Module):
         qk = apply_rope(qkv[:, : self.num_heads + self.num_kv_heads], cos, sin)
         q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)
         v = qkv[:, self.num_heads + self.num_kv_heads :]
-        attn = paged_attention(q, k, v, cache, meta)  # [n, heads, head_dim]
+        attn = attention(self.index, q, k, v)  # [n, heads, head_dim]
         h = h + self.o_proj(attn.reshape(n, -1))
         x = self.post_attention_layernorm(h)
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -146,7 +167,7 @@ class LlamaModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = Projection(cfg.hidden_size, cfg.vocab_size)
         self.rotary = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling)
@@ -157,14 +178,13 @@ class LlamaModel(nn.Module):
         token_ids: torch.Tensor,  # [num_tokens]
         positions: torch.Tensor,  # [num_tokens]
         logits_indices: torch.Tensor,  # [num_rows] rows whose next-token logits are needed
-        caches: list[PagedKVCache],
-        meta: AttentionMetadata,
+        attention: LayerAttention,
     ) -> torch.Tensor:
-        """Logits [num_rows, vocab] for the requested rows; KV of every token cached."""
+        """Logits [num_rows, vocab] for the requested rows; ``attention`` keeps every KV."""
         cos, sin = self.rotary(positions)
         h = self.embed_tokens(token_ids)
-        for layer, cache in zip(self.layers, caches, strict=True):
-            h = layer(h, cos, sin, cache, meta)
+        for layer in self.layers:
+            h = layer(h, cos, sin, attention)
         # Only sampled rows need the final norm and the (large) vocabulary projection.
         h = self.norm(h[logits_indices])
         return self.lm_head(h).float()
@@ -200,6 +220,13 @@ class LlamaModel(nn.Module):
         for module in self.modules():
             if isinstance(module, Projection):
                 module.keep_bfloat16_copy()
+
+    def use_int8_weights(self) -> None:
+        """Matmuls read int8 weights (per-channel scales); the LM head stays float (see
+        engine/backends/README.md for the measured choice), as do norms, attention and KV."""
+        for module in self.modules():
+            if isinstance(module, Projection) and module is not self.lm_head:
+                module.keep_int8_copy()
 
     def keep_transposed_weights(self) -> None:
         """Trade memory for single-stream CPU decode speed (see Projection)."""

@@ -1,0 +1,256 @@
+"""ONNX Runtime backends: the exported step graph on the CPU, CUDA or TensorRT provider.
+
+The KV pool is one tensor owned by the backend and bound to the session by pointer (I/O
+binding): the graph gathers only the blocks a batch uses, and this step's K/V are written
+back into the pool in place at their slots, so no step copies the pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.backends.base import Backend, BackendOptions, BatchInputs, register_backend
+from engine.backends.onnx_graph import GraphOptions, build_model_file
+from engine.model_source import ModelBundle
+from engine.model_source.cache import default_cache_dir
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+_OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def _require_provider(provider: str) -> str:
+    """The provider's ONNX Runtime name, or an error naming what is missing."""
+    import onnxruntime as ort
+
+    if provider not in PROVIDERS:
+        raise ValueError(
+            f"unknown ONNX Runtime provider {provider!r}; use one of {list(PROVIDERS)}"
+        )
+    ep = PROVIDERS[provider]
+    available = ort.get_available_providers()
+    if ep not in available:
+        hint = {
+            "cuda": "install onnxruntime-gpu (pip install '.[gpu]') on a machine with CUDA",
+            "tensorrt": "install onnxruntime-gpu and the TensorRT runtime libraries "
+            "(deploy/docker/Dockerfile.gpu has both)",
+        }.get(provider, "")
+        raise RuntimeError(
+            f"{ep} is not available in this onnxruntime build (available: "
+            f"{', '.join(available)}); {hint}"
+        )
+    return ep
+
+
+@register_backend("onnx")
+class OnnxBackend(Backend):
+    """The step graph under ONNX Runtime; INT8 = dynamic on CPU, static QDQ for TensorRT."""
+
+    forced_provider: str | None = None
+
+    def __init__(self, bundle: ModelBundle, options: BackendOptions) -> None:
+        super().__init__(bundle, options)
+        import onnxruntime as ort
+
+        if options.quantization not in ("none", "int8"):
+            raise ValueError(
+                f"backend {self.name} has no quantization mode {options.quantization!r}"
+            )
+        if options.dtype != "float32":
+            raise ValueError(
+                f"backend {self.name} runs float32 activations and KV (use --quantization int8 "
+                "for INT8 weights); got --dtype " + options.dtype
+            )
+        if options.graph_optimization not in _OPT_LEVELS:
+            raise ValueError(f"graph optimization must be one of {_OPT_LEVELS}")
+        provider = self.forced_provider or options.provider
+        if provider == "auto":
+            provider = "cuda" if options.device.startswith("cuda") else "cpu"
+        ep = _require_provider(provider)
+        self.provider = provider
+        scheme = options.int8_scheme
+        if scheme == "auto":
+            scheme = "qdq" if provider == "tensorrt" else "dynamic"
+        self.int8_scheme = scheme if options.quantization == "int8" else "none"
+        graph = GraphOptions(
+            quantization=options.quantization,
+            int8_scheme=scheme if options.quantization == "int8" else "dynamic",
+            int8_lm_head=options.int8_lm_head,
+            max_positions=options.max_model_len,
+        )
+        cache_dir = options.artifact_dir or default_cache_dir()
+        model_path = build_model_file(bundle, graph, cache_dir)
+        self.session = self._session(ort, model_path, ep, options)
+        self.device = torch.device("cuda", self._device_id()) if provider != "cpu" else None
+        self.torch_device = self.device or torch.device("cpu")
+        self.pool = torch.zeros(0)
+
+    def _device_id(self) -> int:
+        dev = self.options.device
+        return int(dev.split(":", 1)[1]) if ":" in dev else 0
+
+    def _session(self, ort: Any, model_path: Path, ep: str, options: BackendOptions) -> Any:
+        so = ort.SessionOptions()
+        level = options.graph_optimization
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[level]
+        if options.num_threads:
+            so.intra_op_num_threads = options.num_threads
+        providers: list[Any] = [ep]
+        if ep == "CPUExecutionProvider":
+            # The optimized graph is cached beside the model, per machine and level: it may
+            # hold kernels laid out for this CPU, so it is not shared across machines.
+            machine = f"{platform.machine()}-{_cpu_id()}"
+            optimized = model_path.with_name(f"optimized-{level}-{machine}.onnx")
+            if optimized.is_file():
+                model_path = optimized
+                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            elif level != "disable":
+                so.optimized_model_filepath = str(optimized)
+        elif ep == "CUDAExecutionProvider":
+            providers = [(ep, {"device_id": self._device_id()}), "CPUExecutionProvider"]
+        else:  # TensorRT: verified only on a GPU machine (README); engines cached on disk
+            providers = [
+                (
+                    ep,
+                    {
+                        "device_id": self._device_id(),
+                        "trt_int8_enable": options.quantization == "int8",
+                        "trt_fp16_enable": True,
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": str(model_path.parent / "trt-engines"),
+                        "trt_timing_cache_enable": True,
+                    },
+                ),
+                ("CUDAExecutionProvider", {"device_id": self._device_id()}),
+                "CPUExecutionProvider",
+            ]
+        log.info("ONNX Runtime session on %s from %s", ep, model_path)
+        return ort.InferenceSession(str(model_path), so, providers=providers)
+
+    # -- KV pool ----------------------------------------------------------------------------
+
+    def kv_bytes_per_block(self, block_size: int) -> int:
+        return self.bundle.config.kv_bytes_per_token(4) * block_size
+
+    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
+        cfg = self.bundle.config
+        self.pool = torch.zeros(0)  # release the old pool before taking the new one
+        self.pool = torch.zeros(
+            (
+                cfg.num_hidden_layers * 2 * num_blocks,
+                block_size,
+                cfg.num_key_value_heads,
+                cfg.head_dim,
+            ),
+            dtype=torch.float32,
+            device=self.torch_device,
+        )
+        self.num_blocks, self.block_size = num_blocks, block_size
+
+    def available_memory(self) -> int | None:
+        if self.device is not None and torch.cuda.is_available():
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return int(free)
+        return None
+
+    # -- one step ---------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def forward(self, inputs: BatchInputs) -> torch.Tensor:
+        """Decodes run as one call (Q = 1), each prefill chunk as its own (B = 1)."""
+        qsl = inputs.query_start_loc
+        q_lens = np.diff(qsl)
+        vocab = self.bundle.config.vocab_size
+        logits = torch.empty((len(inputs.logits_indices), vocab), dtype=torch.float32)
+        decodes = np.nonzero(q_lens == 1)[0]
+        groups = [decodes] if decodes.size else []
+        groups += [np.array([i]) for i in np.nonzero(q_lens != 1)[0]]
+        for seqs in groups:
+            rows = np.concatenate([np.arange(qsl[i], qsl[i + 1]) for i in seqs])
+            wanted = np.isin(inputs.logits_indices, rows)
+            local = np.searchsorted(rows, inputs.logits_indices[wanted])
+            out = self._run(inputs, seqs, rows, local, q_lens)
+            logits[torch.from_numpy(wanted)] = out
+        return logits
+
+    def _run(
+        self,
+        inputs: BatchInputs,
+        seqs: np.ndarray,
+        rows: np.ndarray,
+        local_rows: np.ndarray,
+        q_lens: np.ndarray,
+    ) -> torch.Tensor:
+        cfg, bs = self.bundle.config, self.block_size
+        past = inputs.context_lens[seqs] - q_lens[seqs]
+        nb = max(1, int(-(-past.max() // bs)))  # at least one block: no zero-size gather
+        feeds = {
+            "token_ids": inputs.token_ids[rows],
+            "positions": inputs.positions[rows],
+            "past_lens": past.astype(np.int64),
+            "block_tables": np.ascontiguousarray(inputs.block_tables[seqs, :nb]),
+            "logits_indices": local_rows.astype(np.int64),
+        }
+        if inputs.block_tables.shape[1] < nb:  # a table narrower than the padding we need
+            feeds["block_tables"] = np.pad(
+                feeds["block_tables"], ((0, 0), (0, nb - feeds["block_tables"].shape[1]))
+            )
+        n = len(rows)
+        layers2 = 2 * cfg.num_hidden_layers
+        logits = torch.empty((len(local_rows), cfg.vocab_size), device=self.torch_device)
+        new_kv = torch.empty(
+            (layers2, n, cfg.num_key_value_heads, cfg.head_dim), device=self.torch_device
+        )
+        binding = self.session.io_binding()
+        for name, arr in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(arr, dtype=np.int64))
+        self._bind(binding.bind_input, "kv_pool", self.pool)
+        self._bind(binding.bind_output, "logits", logits)
+        self._bind(binding.bind_output, "new_kv", new_kv)
+        self.session.run_with_iobinding(binding)
+        slots = torch.from_numpy(inputs.slot_mapping[rows]).to(self.torch_device)
+        pool = self.pool.view(layers2, -1, cfg.num_key_value_heads, cfg.head_dim)
+        pool.index_copy_(1, slots, new_kv)  # this step's K/V into the pool, in place
+        return logits.cpu()
+
+    def _bind(self, bind: Any, name: str, t: torch.Tensor) -> None:
+        kind = "cuda" if t.device.type == "cuda" else "cpu"
+        index = t.device.index or 0
+        bind(name, kind, index, np.float32, list(t.shape), t.data_ptr())
+
+
+@register_backend("tensorrt")
+class TensorRTBackend(OnnxBackend):
+    """The same step graph built into TensorRT engines by ONNX Runtime's TensorRT provider
+    (INT8 from the calibrated QDQ graph). Verified only on a GPU machine with TensorRT."""
+
+    forced_provider = "tensorrt"
+
+
+def _cpu_id() -> str:
+    """A short identity of this CPU's model, for per-machine artifacts."""
+    import hashlib
+
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        model = next((ln for ln in text.splitlines() if ln.startswith("model name")), "")
+        flags = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    except OSError:
+        model, flags = platform.processor(), ""
+    return hashlib.sha256((model + flags).encode()).hexdigest()[:10]

@@ -1,0 +1,228 @@
+"""The engine's step as an ONNX graph, exported from the one model definition, then quantized.
+
+Graph contract (every ONNX-based backend runs exactly this):
+
+    inputs   token_ids [T] int64, positions [T] int64,
+             past_lens [B] int64        tokens already cached per sequence,
+             block_tables [B, nb] int64 blocks holding those cached tokens,
+             logits_indices [R] int64   rows whose next-token logits are wanted,
+             kv_pool [L * 2 * NB, bs, kv_heads, head_dim] float32, read in place
+    outputs  logits [R, vocab] float32,
+             new_kv [L * 2, T, kv_heads, head_dim] float32  this step's K (even rows)
+             and V (odd rows), which the backend writes into the pool at their slots
+
+T = B * Q: the B sequences of one call feed Q tokens each (see GatheredPoolAttention).
+Built artifacts are cached on disk under a key made of the weights, the options and the
+library versions, so a restart never rebuilds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.backends.onnx_int8 import (
+    CALIBRATION_PROMPTS,
+    FLOAT_LAYERS,
+    quantize_dynamic_rowwise,
+    quantize_qdq,
+)
+from engine.model.attention import GatheredPoolAttention
+from engine.model.llama import LlamaModel
+from engine.model_source import ModelBundle
+
+log = logging.getLogger(__name__)
+
+# Bump when the graph contract or the export changes: older artifacts stop matching.
+GRAPH_VERSION = 2
+OPSET = 17
+INPUT_NAMES = ["token_ids", "positions", "past_lens", "block_tables", "logits_indices", "kv_pool"]
+OUTPUT_NAMES = ["logits", "new_kv"]
+
+
+class StepGraph(nn.Module):
+    """LlamaModel wrapped to the graph contract above (what torch.onnx.export traces)."""
+
+    def __init__(self, model: LlamaModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        token_ids: torch.Tensor,
+        positions: torch.Tensor,
+        past_lens: torch.Tensor,
+        block_tables: torch.Tensor,
+        logits_indices: torch.Tensor,
+        kv_pool: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        layers = self.model.cfg.num_hidden_layers
+        attention = GatheredPoolAttention(kv_pool, block_tables, past_lens, layers)
+        logits = self.model(token_ids, positions, logits_indices, attention)
+        return logits, torch.stack(attention.new_kv)  # [R, V], [L * 2, T, kvh, hd]
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    """What an artifact depends on besides the weights."""
+
+    quantization: str = "none"  # none | int8
+    int8_scheme: str = "dynamic"  # dynamic (CPU, per-token) | qdq (static: TensorRT)
+    int8_lm_head: bool = False  # quantize the vocabulary projection too
+    max_positions: int = 2048
+
+
+def weights_fingerprint(bundle: ModelBundle) -> str:
+    """A cheap digest of the weights: names, shapes and a strided sample of every tensor."""
+    h = hashlib.sha256(bundle.config.to_hf_dict().__repr__().encode())
+    for name in sorted(bundle.weights):
+        t = bundle.weights[name].detach().reshape(-1)
+        step = max(1, t.numel() // 4096)
+        h.update(f"{name}{tuple(bundle.weights[name].shape)}".encode())
+        h.update(t[::step].float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def artifact_key(bundle: ModelBundle, opts: GraphOptions) -> str:
+    """Key of one built model: weights + options + graph version + library versions."""
+    import onnx
+    import onnxruntime
+
+    ident = json.dumps(
+        {
+            "weights": weights_fingerprint(bundle),
+            "options": opts.__dict__,
+            "graph": GRAPH_VERSION,
+            "opset": OPSET,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+
+def build_model_file(bundle: ModelBundle, opts: GraphOptions, cache_dir: Path) -> Path:
+    """The .onnx file for these weights and options, built once and then read from disk."""
+    entry = cache_dir / "onnx" / artifact_key(bundle, opts)
+    path = entry / "model.onnx"
+    if path.is_file():
+        log.info("ONNX artifact cache hit: %s", path)
+        return path
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    try:
+        float_path = tmp / "float.onnx"
+        export_float(bundle, float_path, opts.max_positions)
+        if opts.quantization == "int8":
+            out = tmp / "model.onnx"
+            keep_float = [t for t in FLOAT_LAYERS if not (opts.int8_lm_head and t == "lm_head")]
+            if opts.int8_scheme == "qdq":
+                quantize_qdq(float_path, out, keep_float, calibration_inputs(bundle))
+            else:
+                quantize_dynamic_rowwise(float_path, out, keep_float)
+            for f in tmp.glob("float.onnx*"):
+                f.unlink()
+        else:
+            float_path.rename(tmp / "model.onnx")
+        (tmp / "build.json").write_text(json.dumps(opts.__dict__, indent=2))
+        try:
+            os.rename(tmp, entry)
+        except OSError:
+            if not path.is_file():  # not "another process built it first"
+                raise
+        return path
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export_float(bundle: ModelBundle, path: Path, max_positions: int) -> None:
+    """Trace the float32 model into ``path`` (weights as initializers, dynamic shapes)."""
+    cfg = bundle.config
+    model = LlamaModel(cfg, max_positions=max_positions)
+    model.load_hf_weights(bundle.weights)
+    graph = StepGraph(model.eval())
+    sample = sample_inputs(bundle, num_seqs=2, tokens_per_seq=3, past_blocks=2, pool_blocks=6)
+    dynamic_axes = {
+        "token_ids": {0: "num_tokens"},
+        "positions": {0: "num_tokens"},
+        "past_lens": {0: "num_seqs"},
+        "block_tables": {0: "num_seqs", 1: "num_past_blocks"},
+        "logits_indices": {0: "num_rows"},
+        "kv_pool": {0: "pool_rows"},
+        "logits": {0: "num_rows"},
+        "new_kv": {1: "num_tokens"},
+    }
+    with torch.inference_mode():
+        torch.onnx.export(
+            graph,
+            tuple(torch.from_numpy(sample[n]) for n in INPUT_NAMES),
+            str(path),
+            input_names=INPUT_NAMES,
+            output_names=OUTPUT_NAMES,
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def sample_inputs(
+    bundle: ModelBundle,
+    num_seqs: int,
+    tokens_per_seq: int,
+    past_blocks: int,
+    pool_blocks: int,
+    block_size: int = 16,
+    token_ids: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """A valid graph input: ``num_seqs`` sequences with no cached tokens (block tables
+    point at distinct blocks the mask hides), used for tracing and calibration."""
+    cfg = bundle.config
+    n = num_seqs * tokens_per_seq
+    if token_ids is None:
+        token_ids = np.arange(n, dtype=np.int64) % cfg.vocab_size
+    tables = np.arange(num_seqs * past_blocks, dtype=np.int64).reshape(num_seqs, past_blocks)
+    return {
+        "token_ids": token_ids.astype(np.int64),
+        "positions": np.tile(np.arange(tokens_per_seq, dtype=np.int64), num_seqs),
+        "past_lens": np.zeros(num_seqs, dtype=np.int64),
+        "block_tables": tables % pool_blocks,
+        "logits_indices": np.arange(n, dtype=np.int64)[tokens_per_seq - 1 :: tokens_per_seq],
+        "kv_pool": np.zeros(
+            (
+                cfg.num_hidden_layers * 2 * pool_blocks,
+                block_size,
+                cfg.num_key_value_heads,
+                cfg.head_dim,
+            ),
+            dtype=np.float32,
+        ),
+    }
+
+
+def calibration_inputs(bundle: ModelBundle) -> Iterator[dict[str, np.ndarray]]:
+    """One prefill per calibration prompt, in the graph's input form."""
+    tok = bundle.tokenizer
+    for prompt in CALIBRATION_PROMPTS:
+        ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": prompt}]))
+        yield sample_inputs(
+            bundle,
+            num_seqs=1,
+            tokens_per_seq=len(ids),
+            past_blocks=1,
+            pool_blocks=1,
+            token_ids=np.asarray(ids, dtype=np.int64),
+        )
