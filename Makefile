@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup serve test fuzz soak lint proto proto-check clean bench
+.PHONY: setup serve test fuzz soak lint proto proto-check clean bench bench-setup bench-engine
 
 setup: $(STAMP)
 
@@ -49,7 +49,26 @@ proto: setup
 proto-check: setup
 	$(PY) proto/generate.py --check
 
-bench: setup
+# Benchmarks, kept out of `make test`. The serving benchmark (bench/serving.py) needs
+# matplotlib (the `bench` extra; torch stays pinned) and the peer servers, which
+# bench/setup_peers.sh installs into bench/.venv-peers (llama.cpp builds from source once).
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet torch==2.13.0 -e '.[bench]'
+	@touch $(BENCH_STAMP)
+
+bench-setup: $(BENCH_STAMP)
+	bash bench/setup_peers.sh
+
+# Every server through its OpenAI streaming API over the default sweep (about 40 minutes on
+# 2 cores; run it on a quiet machine), then the README's results table and plot. Extra flags:
+# make bench BENCH_ARGS='--server tessera-embedded --concurrency 32'
+bench: bench-setup
+	$(PY) bench/serving.py $(BENCH_ARGS)
+	$(PY) bench/serving_report.py --readme README.md
+
+bench-engine: setup
 	$(PY) bench/engine_throughput.py
 
 clean:

@@ -137,7 +137,7 @@ class Target:
         if self.eos_control == "ignore_eos":
             body.update(ignore_eos=True, min_tokens=max_tokens)
         elif self.eos_control == "logit_bias" and self.eos_token_ids:
-            body["logit_bias"] = {str(t): -100 for t in self.eos_token_ids}
+            body["logit_bias"] = {str(t): -100.0 for t in self.eos_token_ids}
         return body
 
 
