@@ -61,7 +61,7 @@ $(BENCH_STAMP): $(STAMP)
 bench-setup: $(BENCH_STAMP)
 	bash bench/setup_peers.sh
 
-# Every server through its OpenAI streaming API over the default sweep (about 40 minutes on
+# Every server through its OpenAI streaming API over the default sweep (40 minutes or more on
 # 2 cores; run it on a quiet machine), then the README's results table and plot. Extra flags:
 # make bench BENCH_ARGS='--server tessera-embedded --concurrency 32'
 bench: bench-setup
