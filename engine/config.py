@@ -97,8 +97,31 @@ class BackendConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("torch", description="backend: torch", json_schema_extra={"flag": "backend"})
-    quantization: Literal["none"] = Field("none", description="weight quantization")
+    name: Literal["auto", "torch", "onnx", "tensorrt"] = Field(
+        "auto",
+        description="torch (PyTorch eager, the reference), onnx (ONNX Runtime), tensorrt (ONNX "
+        "Runtime's TensorRT provider, GPU); auto = the fastest that passes the accuracy gates "
+        "on this machine",
+        json_schema_extra={"flag": "backend"},
+    )
+    quantization: Literal["auto", "none", "int8"] = Field(
+        "auto",
+        description="int8 weights (every backend has the mode) or none; auto goes with "
+        "--backend auto's choice (none for an explicit backend)",
+    )
+    onnx_provider: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
+        "auto",
+        description="ONNX Runtime execution provider; auto follows --device; a missing "
+        "provider is an error, never a silent fall-back",
+    )
+    onnx_graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="ONNX Runtime graph optimization level"
+    )
+    int8_scheme: Literal["auto", "dynamic", "qdq"] = Field(
+        "auto",
+        description="ONNX INT8 form: dynamic (per-token activations, CPU) or qdq "
+        "(static, calibrated, for TensorRT); auto = qdq on TensorRT, else dynamic",
+    )
     device: str = Field("auto", description="cpu, cuda, cuda:N, or auto (cuda if present)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="activation/KV dtype; auto = float32 on CPU, bfloat16 on CUDA"

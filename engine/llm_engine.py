@@ -9,12 +9,14 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.backends import Backend, BackendOptions, create_backend
+from engine.backend_choice import choose_backend
+from engine.backends import Backend, BackendOptions
 from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
 from engine.errors import InvalidRequestError, PromptTooLongError
 from engine.kv_cache import KVCacheManager
 from engine.model_source import ModelBundle, load_model
+from engine.model_source.cache import default_cache_dir
 from engine.output_processor import OutputProcessor, RequestState
 from engine.outputs import Completion, RequestOutput, RequestResult, RequestTimings
 from engine.runner import ModelRunner
@@ -73,19 +75,26 @@ class LLMEngine:
         dtype = config.backend.dtype
         if dtype == "auto":
             dtype = "bfloat16" if device.startswith("cuda") else "float32"
-        self.backend: Backend = create_backend(
+        cache_dir = config.model.cache_dir or default_cache_dir()
+        choice = choose_backend(
             config.backend.name,
-            self.bundle,
+            config.backend.quantization,
             BackendOptions(
                 device=device,
                 dtype=dtype,
-                quantization=config.backend.quantization,
                 num_threads=config.backend.num_threads,
                 native_kernels=config.backend.native_kernels,
                 weight_dtype=config.backend.weight_dtype,
                 max_model_len=self.max_model_len,
+                provider=config.backend.onnx_provider,
+                graph_optimization=config.backend.onnx_graph_optimization,
+                int8_scheme=config.backend.int8_scheme,
+                artifact_dir=cache_dir,
             ),
+            self.bundle,
+            cache_dir,
         )
+        self.backend: Backend = choice.backend
         cache, sched = config.cache, config.scheduler
         t1 = time.perf_counter()
         warm_tokens = min(sched.max_num_batched_tokens, self.max_model_len)
@@ -93,7 +102,9 @@ class LLMEngine:
         num_blocks = kv_pool_blocks(self.backend, cache, self.max_model_len)
         self.backend.allocate_kv_cache(num_blocks, cache.block_size)
         self.capacity = EngineCapacity(
-            backend=config.backend.name,
+            backend=choice.name,
+            quantization=choice.quantization,
+            backend_reason=choice.reason,
             device=device,
             dtype=dtype,
             weight_dtype=dtype if config.backend.weight_dtype == "same" else "bfloat16",

@@ -20,6 +20,8 @@ class EngineCapacity:
     """Limits the engine measured at start-up and reports (Info, logs, `generate`)."""
 
     backend: str
+    quantization: str
+    backend_reason: str  # why this backend and mode (the auto choice, or "as requested")
     device: str
     dtype: str
     weight_dtype: str
@@ -44,8 +46,8 @@ class EngineCapacity:
     def summary(self) -> str:
         gib = self.kv_cache_bytes / 1024**3
         return (
-            f"backend={self.backend} device={self.device} dtype={self.dtype} "
-            f"weights={self.weight_dtype} "
+            f"backend={self.backend} quantization={self.quantization} device={self.device} "
+            f"dtype={self.dtype} weights={self.weight_dtype} "
             f"kv={gib:.2f}GiB ({self.num_blocks} blocks x {self.block_size} = "
             f"{self.num_kv_tokens} tokens) max_model_len={self.max_model_len} "
             f"full-context seqs={self.max_concurrent_full_context:.1f} "

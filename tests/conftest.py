@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,12 @@ import pytest
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model_source import ModelBundle, default_model_path, load_model
+
+# Tests run the PyTorch reference backend unless they ask for another (flags and explicit
+# settings win over the environment): the automatic choice builds and gates an INT8 ONNX
+# model, which tests/integration/test_int8_backends.py covers on its own. Subprocesses
+# started by tests inherit this.
+os.environ.setdefault("TESSERA_BACKEND__NAME", "torch")
 
 
 @pytest.fixture(scope="session")

@@ -213,7 +213,10 @@ class OnnxBackend(Backend):
             )
         n = len(rows)
         layers2 = 2 * cfg.num_hidden_layers
-        logits = torch.empty((len(local_rows), cfg.vocab_size), device=self.torch_device)
+        # A buffer of at least one row: a prefill chunk that samples nothing still needs a
+        # valid pointer for its [0, vocab] output.
+        buffer = torch.empty((max(1, len(local_rows)), cfg.vocab_size), device=self.torch_device)
+        logits = buffer[: len(local_rows)]
         new_kv = torch.empty(
             (layers2, n, cfg.num_key_value_heads, cfg.head_dim), device=self.torch_device
         )
@@ -232,7 +235,8 @@ class OnnxBackend(Backend):
     def _bind(self, bind: Any, name: str, t: torch.Tensor) -> None:
         kind = "cuda" if t.device.type == "cuda" else "cpu"
         index = t.device.index or 0
-        bind(name, kind, index, np.float32, list(t.shape), t.data_ptr())
+        ptr = t.data_ptr() or t.untyped_storage().data_ptr()  # empty views keep their storage
+        bind(name, kind, index, np.float32, list(t.shape), ptr)
 
 
 @register_backend("tensorrt")

@@ -24,7 +24,6 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,12 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.backends.onnx_int8 import (
-    CALIBRATION_PROMPTS,
-    FLOAT_LAYERS,
-    quantize_dynamic_rowwise,
-    quantize_qdq,
-)
+from engine.backends.onnx_int8 import FLOAT_LAYERS, quantize_dynamic_rowwise, quantize_qdq_weights
 from engine.model.attention import GatheredPoolAttention
 from engine.model.llama import LlamaModel
 from engine.model_source import ModelBundle
@@ -45,7 +39,7 @@ from engine.model_source import ModelBundle
 log = logging.getLogger(__name__)
 
 # Bump when the graph contract or the export changes: older artifacts stop matching.
-GRAPH_VERSION = 2
+GRAPH_VERSION = 3
 OPSET = 17
 INPUT_NAMES = ["token_ids", "positions", "past_lens", "block_tables", "logits_indices", "kv_pool"]
 OUTPUT_NAMES = ["logits", "new_kv"]
@@ -78,7 +72,7 @@ class GraphOptions:
     """What an artifact depends on besides the weights."""
 
     quantization: str = "none"  # none | int8
-    int8_scheme: str = "dynamic"  # dynamic (CPU, per-token) | qdq (static: TensorRT)
+    int8_scheme: str = "dynamic"  # dynamic (CPU, per-token activations) | qdq (weights, TensorRT)
     int8_lm_head: bool = False  # quantize the vocabulary projection too
     max_positions: int = 2048
 
@@ -121,22 +115,24 @@ def build_model_file(bundle: ModelBundle, opts: GraphOptions, cache_dir: Path) -
     if path.is_file():
         log.info("ONNX artifact cache hit: %s", path)
         return path
+    # INT8 forms are made from the cached float artifact: one export serves every mode.
+    float_path = None
+    if opts.quantization == "int8":
+        float_opts = GraphOptions(quantization="none", max_positions=opts.max_positions)
+        float_path = build_model_file(bundle, float_opts, cache_dir)
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
-        float_path = tmp / "float.onnx"
-        export_float(bundle, float_path, opts.max_positions)
-        if opts.quantization == "int8":
-            out = tmp / "model.onnx"
+        out = tmp / "model.onnx"
+        if float_path is None:
+            export_float(bundle, out, opts.max_positions)
+        else:
             keep_float = [t for t in FLOAT_LAYERS if not (opts.int8_lm_head and t == "lm_head")]
             if opts.int8_scheme == "qdq":
-                quantize_qdq(float_path, out, keep_float, calibration_inputs(bundle))
+                quantize_qdq_weights(float_path, out, keep_float)
             else:
                 quantize_dynamic_rowwise(float_path, out, keep_float)
-            for f in tmp.glob("float.onnx*"):
-                f.unlink()
-        else:
-            float_path.rename(tmp / "model.onnx")
+        log.info("built ONNX artifact %s (%s)", entry, opts)
         (tmp / "build.json").write_text(json.dumps(opts.__dict__, indent=2))
         try:
             os.rename(tmp, entry)
@@ -189,7 +185,7 @@ def sample_inputs(
     token_ids: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """A valid graph input: ``num_seqs`` sequences with no cached tokens (block tables
-    point at distinct blocks the mask hides), used for tracing and calibration."""
+    point at distinct blocks the mask hides), used for tracing."""
     cfg = bundle.config
     n = num_seqs * tokens_per_seq
     if token_ids is None:
@@ -211,18 +207,3 @@ def sample_inputs(
             dtype=np.float32,
         ),
     }
-
-
-def calibration_inputs(bundle: ModelBundle) -> Iterator[dict[str, np.ndarray]]:
-    """One prefill per calibration prompt, in the graph's input form."""
-    tok = bundle.tokenizer
-    for prompt in CALIBRATION_PROMPTS:
-        ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": prompt}]))
-        yield sample_inputs(
-            bundle,
-            num_seqs=1,
-            tokens_per_seq=len(ids),
-            past_blocks=1,
-            pool_blocks=1,
-            token_ids=np.asarray(ids, dtype=np.int64),
-        )

@@ -40,7 +40,7 @@ class TorchBackend(Backend):
         if options.quantization == "int8":
             if self.device.type != "cpu" or self.dtype != torch.float32:
                 raise ValueError("backend torch's int8 mode is a CPU mode over float32 activations")
-            self.model.use_int8_weights()
+            self.model.use_int8_weights(("lm_head",))
         elif options.weight_dtype == "bfloat16":
             if self.device.type != "cpu" or self.dtype != torch.float32:
                 raise ValueError("--weight-dtype bfloat16 is a CPU mode over float32 activations")

@@ -13,6 +13,7 @@ from engine.model_source.arch import LlamaArchConfig
 _CHUNKED_MIN_OUT = 16384
 _STORED_TRANSPOSE_MIN_ROWS = 256
 _CHUNK_ROWS = 4096
+_INT8_PACKED_MAX_ROWS = 1
 
 
 class Projection(nn.Linear):
@@ -27,22 +28,25 @@ class Projection(nn.Linear):
     weight_t: torch.Tensor | None
     weight_bf16: torch.Tensor | None
     weight_int8: torch.Tensor | None
+    weight_int8_scales: torch.Tensor | None
 
     def __init__(self, in_features: int, out_features: int, contiguous_output: bool = False):
         super().__init__(in_features, out_features, bias=False)
         self.weight_t = None
         self.weight_bf16 = None
         self.weight_int8 = None
+        self.weight_int8_scales = None
         self.contiguous_output = contiguous_output
 
     def keep_int8_copy(self) -> None:
-        """Multiply with int8 weights (per-output-channel scales), activations quantized per
-        call: the PyTorch backend's INT8 mode (FBGEMM/oneDNN dynamic linear on CPU)."""
+        """Keep int8 weights (symmetric, one scale per output channel), multiplied with float32
+        activations: the PyTorch backend's INT8 mode, a memory mode (a quarter of the
+        weight bytes), not a speed one. Quantizing activations too (FBGEMM's dynamic linear,
+        one scale per tensor) cost 19 % perplexity here (engine/backends/README.md)."""
         w = self.weight.detach().float()
-        scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8).double()
-        zero = torch.zeros(w.shape[0], dtype=torch.int64)
-        qw = torch.quantize_per_channel(w, scales, zero, 0, torch.qint8)
-        self.weight_int8 = torch.ops.quantized.linear_prepack(qw, None)
+        scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0  # [out]
+        self.weight_int8 = torch.round(w / scales[:, None]).to(torch.int8)  # [out, in]
+        self.weight_int8_scales = scales
         self.weight_t = self.weight_bf16 = None
 
     def keep_bfloat16_copy(self) -> None:
@@ -69,8 +73,7 @@ class Projection(nn.Linear):
             # and TensorRT recognise (the CPU orientation tricks below are eager-only).
             return torch.matmul(x, self.weight.t())
         if self.weight_int8 is not None:
-            out: torch.Tensor = torch.ops.quantized.linear_dynamic(x, self.weight_int8)
-            return out
+            return self._int8(x)
         if x.device.type != "cpu":
             return F.linear(x, self.weight)
         if self.weight_bf16 is not None:
@@ -96,6 +99,16 @@ class Projection(nn.Linear):
         # The cast back must not keep the transposed strides: SDPA's flash kernel
         # needs a unit-stride last dimension (else it silently takes the math path).
         return out.to(x.dtype, memory_format=torch.contiguous_format)
+
+    def _int8(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.weight_int8 is not None and self.weight_int8_scales is not None
+        if x.shape[0] <= _INT8_PACKED_MAX_ROWS:
+            # ATen's int8-weight GEMV reads the int8 bytes directly.
+            return torch._weight_int8pack_mm(x, self.weight_int8, self.weight_int8_scales)
+        # For many rows it is far slower than dequantizing once and one float GEMM
+        # (measured 40x on a 512-token prefill).
+        w = self.weight_int8.to(x.dtype) * self.weight_int8_scales[:, None].to(x.dtype)
+        return F.linear(x, w)
 
     def _chunked(self, x: torch.Tensor) -> torch.Tensor:
         # A vocabulary-sized weight is multiplied in row slices that stay in cache
@@ -221,11 +234,12 @@ class LlamaModel(nn.Module):
             if isinstance(module, Projection):
                 module.keep_bfloat16_copy()
 
-    def use_int8_weights(self) -> None:
-        """Matmuls read int8 weights (per-channel scales); the LM head stays float (see
-        engine/backends/README.md for the measured choice), as do norms, attention and KV."""
-        for module in self.modules():
-            if isinstance(module, Projection) and module is not self.lm_head:
+    def use_int8_weights(self, float_layers: tuple[str, ...]) -> None:
+        """Matmuls read int8 weights (per-channel scales), except the projections named in
+        ``float_layers`` (a measured choice: engine/backends/README.md); norms, attention
+        and KV stay float."""
+        for name, module in self.named_modules():
+            if isinstance(module, Projection) and not any(t in name for t in float_layers):
                 module.keep_int8_copy()
 
     def keep_transposed_weights(self) -> None:

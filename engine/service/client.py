@@ -171,7 +171,7 @@ class LocalEngineClient:
         return EngineInfo(
             model=core.bundle.name,
             backend=core.capacity.backend,
-            quantization=core.config.backend.quantization,
+            quantization=core.capacity.quantization,
             max_model_len=core.max_model_len,
             accepting=self.engine.is_running,
             num_running=s.num_running,

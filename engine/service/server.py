@@ -151,7 +151,7 @@ class EnginePod:
         ).labels(
             core.bundle.name,
             core.capacity.backend,
-            self.config.backend.quantization,
+            core.capacity.quantization,
             core.capacity.device,
             core.capacity.dtype,
         ).set(1)

@@ -125,7 +125,7 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
             model=core.bundle.name,
             model_source=core.bundle.source,
             backend=cap.backend,
-            quantization=core.config.backend.quantization,
+            quantization=core.capacity.quantization,
             device=cap.device,
             dtype=cap.dtype,
             max_model_len=cap.max_model_len,
