@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.backends.onnx_int8 import FLOAT_LAYERS, quantize_dynamic_rowwise, quantize_qdq_weights
+from engine.backends.onnx_int8 import FLOAT_LAYERS, quantize_dynamic_blockwise, quantize_qdq_weights
 from engine.model.attention import GatheredPoolAttention
 from engine.model.llama import LlamaModel
 from engine.model_source import ModelBundle
@@ -39,7 +39,7 @@ from engine.model_source import ModelBundle
 log = logging.getLogger(__name__)
 
 # Bump when the graph contract or the export changes: older artifacts stop matching.
-GRAPH_VERSION = 3
+GRAPH_VERSION = 4
 OPSET = 17
 INPUT_NAMES = ["token_ids", "positions", "past_lens", "block_tables", "logits_indices", "kv_pool"]
 OUTPUT_NAMES = ["logits", "new_kv"]
@@ -72,7 +72,7 @@ class GraphOptions:
     """What an artifact depends on besides the weights."""
 
     quantization: str = "none"  # none | int8
-    int8_scheme: str = "dynamic"  # dynamic (CPU, per-token activations) | qdq (weights, TensorRT)
+    int8_scheme: str = "dynamic"  # dynamic (CPU, int8 x int8 blocks) | qdq (weights, TensorRT)
     int8_lm_head: bool = False  # quantize the vocabulary projection too
     max_positions: int = 2048
 
@@ -131,7 +131,7 @@ def build_model_file(bundle: ModelBundle, opts: GraphOptions, cache_dir: Path) -
             if opts.int8_scheme == "qdq":
                 quantize_qdq_weights(float_path, out, keep_float)
             else:
-                quantize_dynamic_rowwise(float_path, out, keep_float)
+                quantize_dynamic_blockwise(float_path, out, keep_float)
         log.info("built ONNX artifact %s (%s)", entry, opts)
         (tmp / "build.json").write_text(json.dumps(opts.__dict__, indent=2))
         try:

@@ -164,7 +164,7 @@ def test_built_artifacts_are_reused_across_restarts(
         raise AssertionError("the model was exported again")
 
     monkeypatch.setattr(onnx_graph, "export_float", no_rebuild)
-    monkeypatch.setattr(onnx_graph, "quantize_dynamic_rowwise", no_rebuild)
+    monkeypatch.setattr(onnx_graph, "quantize_dynamic_blockwise", no_rebuild)
     backend = create_backend("onnx", smollm2_bundle, opts)
     assert backend.name == "onnx"
     # A different option is a different artifact.
