@@ -69,12 +69,22 @@ def timed(fn: Callable[[], int]) -> tuple[float, int]:
 
 
 # ---- Tessera -------------------------------------------------------------------------
+# Every backend x mode, as engine settings; "tessera" (PyTorch float32) is the reference.
+ENGINES: dict[str, dict[str, str]] = {
+    "tessera": {"name": "torch", "quantization": "none"},
+    "tessera_bf16w": {"name": "torch", "quantization": "none", "weight_dtype": "bfloat16"},
+    "torch_int8": {"name": "torch", "quantization": "int8"},
+    "onnx_float": {"name": "onnx", "quantization": "none"},
+    "onnx_int8": {"name": "onnx", "quantization": "int8", "int8_scheme": "dynamic"},
+    "onnx_int8_qdq": {"name": "onnx", "quantization": "int8", "int8_scheme": "qdq"},
+}
+PEERS = ["hf_static", "hf_static_bf16", "hf_continuous"]
+
+
 def bench_tessera(
-    prompts: list[list[int]], long: list[int], weight_dtype: str = "same"
+    prompts: list[list[int]], long: list[int], backend: dict[str, str]
 ) -> dict[str, float]:
-    engine = LLMEngine(
-        EngineConfig(cache={"kv_cache_memory": "2GiB"}, backend={"weight_dtype": weight_dtype})
-    )
+    engine = LLMEngine(EngineConfig(cache={"kv_cache_memory": "2GiB"}, backend=backend))
     print(f"tessera: {engine.capacity.summary()}", flush=True)
     greedy = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
     engine.generate(prompts[:2], SamplingParams(max_tokens=4, temperature=0.0))  # warm
@@ -164,8 +174,11 @@ def report(results: dict[str, dict[str, float]], command: str) -> str:
         "",
         f"Workload: {len(TOPICS)} chat prompts (~55 tokens), {NEW_TOKENS} new tokens each, greedy, "
         "EOS ignored; single stream = one of those prompts alone; TTFT = 1,000-token prompt.",
-        "tessera = float32; tessera_bf16w = bfloat16 weights, float32 activations/attention/KV; "
-        "hf_static_bf16 = transformers with the whole model in bfloat16.",
+        "tessera = PyTorch backend, float32; tessera_bf16w = bfloat16 weights, float32 "
+        "activations/attention/KV; torch_int8 = PyTorch int8 weights; onnx_float = ONNX Runtime "
+        "(CPU provider) float32; onnx_int8 = ONNX Runtime int8 x int8 (MatMulNBits, blocks of "
+        "32); onnx_int8_qdq = the TensorRT form (int8 weights behind DequantizeLinear) run on "
+        "the CPU provider; hf_static_bf16 = transformers with the whole model in bfloat16.",
         "",
         "| system | 32-prompt output tok/s | single-stream tok/s | TTFT 1,000 tokens (s) |",
         "| --- | --- | --- | --- |",
@@ -174,6 +187,15 @@ def report(results: dict[str, dict[str, float]], command: str) -> str:
         cells = [f"{r[k]:.1f}" if k in r else "—" for k in ("batch32_tok_s", "single_tok_s")]
         cells.append(f"{r['ttft_1000_s']:.2f}" if "ttft_1000_s" in r else "—")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    ref = results.get("tessera")
+    if ref:
+        lines += ["", "Ratios against the PyTorch float32 engine (tessera) in the same run:", ""]
+        for name, r in results.items():
+            if name in ENGINES and name != "tessera":
+                lines.append(
+                    f"- {name}: 32 prompts **{r['batch32_tok_s'] / ref['batch32_tok_s']:.2f}x**, "
+                    f"single stream **{r['single_tok_s'] / ref['single_tok_s']:.2f}x**"
+                )
     peers = {k: v for k, v in results.items() if k.startswith("hf_")}
     if not peers:
         return "\n".join(lines) + "\n"
@@ -181,7 +203,7 @@ def report(results: dict[str, dict[str, float]], command: str) -> str:
     best_single = max(r.get("single_tok_s", 0.0) for r in peers.values())
     best_ttft = min(r.get("ttft_1000_s", float("inf")) for r in peers.values())
     lines += ["", "Ratios against transformers' best figure in the same run (any mode):", ""]
-    for name in ("tessera", "tessera_bf16w"):
+    for name in ENGINES:
         if name in results:
             t = results[name]
             lines.append(
@@ -196,18 +218,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument(
-        "--only",
-        choices=["tessera", "tessera_bf16w", "hf_static", "hf_static_bf16", "hf_continuous"],
-        action="append",
-    )
+    ap.add_argument("--only", choices=[*ENGINES, *PEERS], action="append")
     ap.add_argument(
         "--out", type=Path, help="report file (default bench/results/engine_throughput-DATE.md)"
     )
     args = ap.parse_args()
-    which = args.only or [
-        "tessera", "tessera_bf16w", "hf_static", "hf_static_bf16", "hf_continuous"
-    ]  # fmt: skip
+    which = args.only or [*ENGINES, *PEERS]
     tok = load_model(None).tokenizer
     prompts, long = chat_prompts(tok), long_prompt(tok)
     print(
@@ -215,14 +231,11 @@ def main() -> None:
         flush=True,
     )
     results: dict[str, dict[str, float]] = {}
-    if "tessera" in which:
-        results["tessera"] = bench_tessera(prompts, long)
-        print("tessera", json.dumps(results["tessera"]), flush=True)
-        gc.collect()
-    if "tessera_bf16w" in which:
-        results["tessera_bf16w"] = bench_tessera(prompts, long, weight_dtype="bfloat16")
-        print("tessera_bf16w", json.dumps(results["tessera_bf16w"]), flush=True)
-        gc.collect()
+    for name, backend in ENGINES.items():
+        if name in which:
+            results[name] = bench_tessera(prompts, long, backend)
+            print(name, json.dumps(results[name]), flush=True)
+            gc.collect()
     if "hf_static_bf16" in which:
         results["hf_static_bf16"] = bench_hf_static(hf_model(torch.bfloat16), prompts, long)
         print("hf_static_bf16", json.dumps(results["hf_static_bf16"]), flush=True)

@@ -73,7 +73,7 @@ class GraphOptions:
 
     quantization: str = "none"  # none | int8
     int8_scheme: str = "dynamic"  # dynamic (CPU, int8 x int8 blocks) | qdq (weights, TensorRT)
-    int8_lm_head: bool = False  # quantize the vocabulary projection too
+    int8_lm_head: bool = True  # quantize the vocabulary projection too
     max_positions: int = 2048
 
 

@@ -223,6 +223,8 @@ class ChatHandler:
         def chunk(
             choices: list[ChatChunkChoice], usage: Usage | None = None
         ) -> ChatCompletionChunk:
+            if usage is None and req.continuous_usage:
+                usage = run.usage.model_copy()
             return ChatCompletionChunk(
                 id=rid, created=created, model=req.model, choices=choices, usage=usage
             )

@@ -23,6 +23,9 @@ class StrictModel(BaseModel):
 
 class StreamOptions(StrictModel):
     include_usage: bool = Field(False, description="send a final chunk with the usage")
+    continuous_usage_stats: bool = Field(
+        False, description="vLLM extension: every chunk carries the usage so far"
+    )
 
 
 class SamplingFields(StrictModel):
@@ -88,6 +91,11 @@ class SamplingFields(StrictModel):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        opts = self.stream_options
+        return bool(self.stream and opts and opts.include_usage and opts.continuous_usage_stats)
 
 
 class PromptTokensDetails(BaseModel):

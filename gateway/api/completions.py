@@ -152,6 +152,12 @@ class CompletionHandler:
                 await queue.put(None)
 
         def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> Completion:
+            if usage is None and req.continuous_usage:
+                usage = make_usage(
+                    sum(r.usage.prompt_tokens for r in runs),
+                    sum(r.usage.completion_tokens for r in runs),
+                    0,
+                )
             return Completion(
                 id=cid, created=created, model=req.model, choices=choices, usage=usage
             )

@@ -87,6 +87,23 @@ async def test_stream_matches_non_stream_and_reports_usage(client: openai.AsyncO
     assert usage.prompt_tokens == whole.usage.prompt_tokens  # type: ignore[union-attr]
 
 
+async def test_continuous_usage_stats_counts_up_in_every_chunk(
+    client: openai.AsyncOpenAI,
+) -> None:
+    """vLLM's stream_options extension, which guidellm sends."""
+    stream = await client.chat.completions.create(
+        model=MODEL,
+        messages=HELLO,
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True, "continuous_usage_stats": True},  # type: ignore[typeddict-unknown-key]
+        extra_body={"ignore_eos": True},
+    )
+    counts = [chunk.usage.completion_tokens async for chunk in stream if chunk.usage]
+    assert counts == sorted(counts) and counts[-1] == 8 and len(counts) > 2
+
+
 async def test_n_and_seed_give_n_reproducible_choices(client: openai.AsyncOpenAI) -> None:
     kwargs = {
         "model": MODEL,

@@ -169,7 +169,7 @@ def test_built_artifacts_are_reused_across_restarts(
     assert backend.name == "onnx"
     # A different option is a different artifact.
     with pytest.raises(AssertionError, match="exported again"):
-        create_backend("onnx", smollm2_bundle, replace(opts, int8_lm_head=True))
+        create_backend("onnx", smollm2_bundle, replace(opts, int8_lm_head=False))
 
 
 def test_auto_picks_onnx_int8_on_cpu_after_the_gate(
