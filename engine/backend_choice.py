@@ -19,7 +19,7 @@ import torch
 
 from engine.accuracy import GATE_TEXT, GateResult, compare, score_text
 from engine.backends import Backend, BackendOptions, create_backend
-from engine.backends.onnx_graph import weights_fingerprint
+from engine.backends.onnx_graph import GRAPH_VERSION, weights_fingerprint
 from engine.model_source import ModelBundle
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ def _gate_key(bundle: ModelBundle, name: str, options: BackendOptions) -> str:
             options.quantization,
             options.int8_scheme,
             options.provider,
+            options.int8_lm_head,
+            GRAPH_VERSION,  # a changed INT8 form must be gated afresh
             torch.__version__,
             onnxruntime.__version__,
             platform.machine(),
