@@ -25,24 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.serving_load import TOPICS  # the same prompts as the serving benchmark
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model_source import Tokenizer, default_model_path, load_model
 from engine.sampling_params import SamplingParams
 
-TOPICS = [
-    "the history of the printing press", "how bees communicate", "the water cycle",
-    "why leaves change color in autumn", "the rules of chess", "how a bicycle stays upright",
-    "the life of Marie Curie", "how vaccines work", "the invention of the telephone",
-    "why the ocean is salty", "how airplanes fly", "the Great Wall of China",
-    "how computers store numbers", "the causes of earthquakes", "the phases of the moon",
-    "how bread rises", "the migration of monarch butterflies", "how a rainbow forms",
-    "the Roman aqueducts", "how solar panels make electricity", "the origin of the Olympics",
-    "why cats purr", "how glaciers move", "the discovery of penicillin", "how volcanoes erupt",
-    "the structure of DNA", "how the heart pumps blood", "the first moon landing",
-    "how coral reefs grow", "the invention of paper money", "how tides work",
-    "the life cycle of a star",
-]  # fmt: skip
 NEW_TOKENS = 128
 
 

@@ -21,7 +21,7 @@ import httpx
 
 from bench.serving_stats import RequestResult
 
-# The same 32 topics and wording as bench/engine_throughput.py, so the figures compare
+# 32 topics, shared with bench/engine_throughput.py so the figures compare
 # (about 55 prompt tokens with SmolLM2's chat template and its default system prompt).
 TOPICS = [
     "the history of the printing press", "how bees communicate", "the water cycle",
