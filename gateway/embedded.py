@@ -38,6 +38,10 @@ async def build_embedded(config: ServeConfig, engine: LLMEngine | None = None) -
     holder.append(aengine)
     gateway.pool.add_client("local", LocalEngineClient(aengine))
     server = GatewayServer(gateway)
+    cap = core.capacity
+    server.engine_summary = (
+        f"{cap.backend} {cap.quantization} on {cap.device}: {cap.backend_reason}"
+    )
 
     async def shutdown() -> None:
         await asyncio.to_thread(aengine.shutdown)
@@ -67,8 +71,10 @@ def banner(server: GatewayServer) -> str:
     models = ", ".join(server.gateway.pool.models()) or "(none)"
     base = f"http://{h.host}:{server.port}/v1"
     rag = f", RAG API :{server.rag_port}" if server.rag_port else ""
+    engine = f"Engine backend: {server.engine_summary}\n" if server.engine_summary else ""
     return (
-        f"Tessera is serving {models} at {base} (gRPC {h.host}:{server.grpc_port}{rag}). Try:\n"
+        engine
+        + f"Tessera is serving {models} at {base} (gRPC {h.host}:{server.grpc_port}{rag}). Try:\n"
         f"  curl {base}/chat/completions -H 'Content-Type: application/json' "
         f'-d \'{{"model": "{models.split(",")[0]}", '
         f'"messages": [{{"role": "user", "content": "Hello!"}}]}}\''

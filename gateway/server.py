@@ -36,6 +36,7 @@ class GatewayServer:
         self.port = 0
         self.grpc_port = 0
         self.rag_port = 0  # embedded mode: the in-process RAG service's HTTP API
+        self.engine_summary = ""  # embedded mode: which backend and mode, and why
         self.on_stop: list[Callable[[], Awaitable[None]]] = []
 
     async def start(self) -> None:
