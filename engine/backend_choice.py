@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -112,8 +112,6 @@ def choose_backend(
 
 
 def _with(options: BackendOptions, quantization: str) -> BackendOptions:
-    from dataclasses import replace
-
     return replace(options, quantization=quantization)
 
 

@@ -179,10 +179,11 @@ class OnnxBackend(Backend):
         vocab = self.bundle.config.vocab_size
         logits = torch.empty((len(inputs.logits_indices), vocab), dtype=torch.float32)
         decodes = np.nonzero(q_lens == 1)[0]
-        groups = [decodes] if decodes.size else []
-        groups += [np.array([i]) for i in np.nonzero(q_lens != 1)[0]]
-        for seqs in groups:
-            rows = np.concatenate([np.arange(qsl[i], qsl[i + 1]) for i in seqs])
+        groups = [(decodes, qsl[decodes])] if decodes.size else []  # (sequences, flat rows)
+        groups += [
+            (np.array([i]), np.arange(qsl[i], qsl[i + 1])) for i in np.nonzero(q_lens != 1)[0]
+        ]
+        for seqs, rows in groups:
             wanted = np.isin(inputs.logits_indices, rows)
             local = np.searchsorted(rows, inputs.logits_indices[wanted])
             out = self._run(inputs, seqs, rows, local, q_lens)

@@ -18,30 +18,17 @@ import numpy as np
 FLOAT_LAYERS = ("lm_head",)
 
 
-def weight_matmuls(path: Path, float_layers: Sequence[str]) -> list[str]:
-    """Names of the MatMuls with a constant weight that are to be quantized."""
+def weight_matmuls(path: Path) -> list[str]:
+    """Names of the MatMuls whose second input is a constant weight."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in model.graph.initializer}
-    return [
-        n.name
-        for n in model.graph.node
-        if n.op_type == "MatMul"
-        and n.input[1] in inits
-        and not any(tag in n.name for tag in float_layers)
-    ]
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
 
 
-def _float_matmuls(path: Path, float_layers: Sequence[str]) -> list[str]:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return [
-        n.name
-        for n in model.graph.node
-        if n.op_type == "MatMul" and any(tag in n.name for tag in float_layers)
-    ]
+def _stays_float(name: str, float_layers: Sequence[str]) -> bool:
+    return any(tag in name for tag in float_layers)
 
 
 def quantize_dynamic_blockwise(src: Path, dst: Path, float_layers: Sequence[str]) -> None:
@@ -59,7 +46,7 @@ def quantize_dynamic_blockwise(src: Path, dst: Path, float_layers: Sequence[str]
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = onnx.load(str(src))
-    excluded = _float_matmuls(src, float_layers)
+    excluded = [n for n in weight_matmuls(src) if _stays_float(n, float_layers)]
     quantizer = MatMulNBitsQuantizer(
         model,
         bits=8,
@@ -88,7 +75,7 @@ def quantize_qdq_weights(src: Path, dst: Path, float_layers: Sequence[str]) -> N
 
     model = onnx.load(str(src))
     graph = model.graph
-    targets = set(weight_matmuls(src, float_layers))
+    targets = {n for n in weight_matmuls(src) if not _stays_float(n, float_layers)}
     inits = {i.name: i for i in graph.initializer}
     added, replaced, nodes = [], set(), []
     for node in graph.node:
