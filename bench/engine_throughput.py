@@ -14,7 +14,6 @@ import argparse
 import datetime
 import gc
 import json
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import cpu_cores, describe
 from bench.serving_load import TOPICS  # the same prompts as the serving benchmark
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
@@ -157,8 +157,7 @@ def report(results: dict[str, dict[str, float]], command: str) -> str:
         f"# Engine throughput, {datetime.date.today()}",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}",
+        f"Machine: {describe()}; torch {torch.__version__}",
         "",
         f"Workload: {len(TOPICS)} chat prompts (~55 tokens), {NEW_TOKENS} new tokens each, greedy, "
         "EOS ignored; single stream = one of those prompts alone; TTFT = 1,000-token prompt.",
@@ -224,6 +223,7 @@ def main() -> None:
             results[name] = bench_tessera(prompts, long, backend)
             print(name, json.dumps(results[name]), flush=True)
             gc.collect()
+    torch.set_num_threads(cpu_cores())  # the ONNX backends leave torch on one thread
     if "hf_static_bf16" in which:
         results["hf_static_bf16"] = bench_hf_static(hf_model(torch.bfloat16), prompts, long)
         print("hf_static_bf16", json.dumps(results["hf_static_bf16"]), flush=True)

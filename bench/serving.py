@@ -21,7 +21,6 @@ import asyncio
 import datetime
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from pydantic import BaseModel, Field, ValidationError
 if __package__ in (None, ""):  # run as a script: make `bench` and the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import machine_info
 from bench.serving_load import (
     Session,
     Target,
@@ -277,25 +277,6 @@ def point_line(name: str, p: dict[str, Any]) -> str:
 
 
 # ---- the run ----------------------------------------------------------------------------
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    except (OSError, ValueError, IndexError):
-        mem_kb = 0
-    return {
-        "cpu_model": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": round(mem_kb / 2**20, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-
-
 def git_info() -> dict[str, Any]:
     def git(*args: str) -> str:
         out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -26,8 +28,8 @@ class TorchBackend(Backend):
             raise ValueError(f"unknown dtype {options.dtype!r}; use one of {sorted(_DTYPES)}")
         if options.device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError("device cuda requested but no CUDA device is visible")
-        if options.num_threads:
-            torch.set_num_threads(options.num_threads)
+        # Always set: an ONNX backend built earlier in this process leaves torch on one thread.
+        torch.set_num_threads(options.num_threads or len(os.sched_getaffinity(0)))
         self.device = torch.device(options.device)
         self.dtype = _DTYPES[options.dtype]
         cfg = bundle.config
