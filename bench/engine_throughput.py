@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import cpu_cores, describe
+from bench.machine import describe
 from bench.serving_load import TOPICS  # the same prompts as the serving benchmark
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
@@ -201,41 +201,50 @@ def report(results: dict[str, dict[str, float]], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_one(name: str) -> dict[str, float]:
+    """One system's figures, measured in this (fresh) process."""
+    tok = load_model(None).tokenizer
+    prompts, long = chat_prompts(tok), long_prompt(tok)
+    if name in ENGINES:
+        return bench_tessera(prompts, long, ENGINES[name])
+    model = hf_model(torch.bfloat16 if name == "hf_static_bf16" else torch.float32)
+    if name == "hf_continuous":
+        return bench_hf_continuous(model, prompts)
+    return bench_hf_static(model, prompts, long)
+
+
+def run_isolated(name: str) -> dict[str, float]:
+    """Each system in its own process: one system's leftovers (thread pools, a KV pool,
+    the ONNX export) once cost the next one up to 30 % of its throughput here."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--run-one", name]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"{name}: benchmark process failed (exit {proc.returncode})")
+    return dict(json.loads(lines[-1][len(RESULT_TAG) :]))
+
+
+RESULT_TAG = "RESULT "
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--only", choices=[*ENGINES, *PEERS], action="append")
+    ap.add_argument("--run-one", choices=[*ENGINES, *PEERS], help=argparse.SUPPRESS)
     ap.add_argument(
         "--out", type=Path, help="report file (default bench/results/engine_throughput-DATE.md)"
     )
     args = ap.parse_args()
-    which = args.only or [*ENGINES, *PEERS]
-    tok = load_model(None).tokenizer
-    prompts, long = chat_prompts(tok), long_prompt(tok)
-    print(
-        f"prompts: {len(prompts)}, mean {sum(map(len, prompts)) / len(prompts):.1f} tokens",
-        flush=True,
-    )
+    if args.run_one:
+        print(RESULT_TAG + json.dumps(run_one(args.run_one)), flush=True)
+        return
+    which = [w for w in [*ENGINES, *PEERS] if w in (args.only or [*ENGINES, *PEERS])]
     results: dict[str, dict[str, float]] = {}
-    for name, backend in ENGINES.items():
-        if name in which:
-            results[name] = bench_tessera(prompts, long, backend)
-            print(name, json.dumps(results[name]), flush=True)
-            gc.collect()
-    torch.set_num_threads(cpu_cores())  # the ONNX backends leave torch on one thread
-    if "hf_static_bf16" in which:
-        results["hf_static_bf16"] = bench_hf_static(hf_model(torch.bfloat16), prompts, long)
-        print("hf_static_bf16", json.dumps(results["hf_static_bf16"]), flush=True)
-        gc.collect()
-    if {"hf_static", "hf_continuous"} & set(which):
-        model = hf_model()
-        if "hf_static" in which:
-            results["hf_static"] = bench_hf_static(model, prompts, long)
-            print("hf_static", json.dumps(results["hf_static"]), flush=True)
-        if "hf_continuous" in which:
-            results["hf_continuous"] = bench_hf_continuous(model, prompts)
-            print("hf_continuous", json.dumps(results["hf_continuous"]), flush=True)
+    for name in which:
+        results[name] = run_isolated(name)
+        print(name, json.dumps(results[name]), flush=True)
     command = "python bench/engine_throughput.py" + "".join(f" --only {w}" for w in args.only or [])
     text = report(results, command)
     print(text)
