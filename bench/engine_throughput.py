@@ -5,7 +5,7 @@ each, greedy, EOS ignored. Also single-stream decode and the time to first token
 of a 1,000-token prompt. Prints tokens/s of each and the ratios, and writes a
 Markdown report to bench/results/. Run it on a quiet machine:
 
-    .venv/bin/python bench/engine_throughput.py [--only tessera] [--out FILE]
+    .venv/bin/python bench/engine_throughput.py [--only tessera] [--rounds 3] [--out FILE]
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -152,7 +153,13 @@ def bench_hf_continuous(model: Any, prompts: list[list[int]]) -> dict[str, float
     return {"batch32_tok_s": n / t}
 
 
-def report(results: dict[str, dict[str, float]], command: str) -> str:
+def report(
+    results: dict[str, dict[str, float]],
+    command: str,
+    runs: dict[str, list[dict[str, float]]] | None = None,
+) -> str:
+    """The Markdown report; ``results`` holds each system's medians over ``runs``."""
+    rounds = len(next(iter(runs.values()))) if runs else 1
     lines = [
         f"# Engine throughput, {datetime.date.today()}",
         "",
@@ -161,6 +168,9 @@ def report(results: dict[str, dict[str, float]], command: str) -> str:
         "",
         f"Workload: {len(TOPICS)} chat prompts (~55 tokens), {NEW_TOKENS} new tokens each, greedy, "
         "EOS ignored; single stream = one of those prompts alone; TTFT = 1,000-token prompt.",
+        f"Each figure is the median of {rounds} rounds; every round runs every system once, "
+        "in turn, each in a fresh process (back-to-back runs of one system here differed "
+        "by up to 35 %, so one round is not enough to compare).",
         "tessera = PyTorch backend, float32; tessera_bf16w = bfloat16 weights, float32 "
         "activations/attention/KV; torch_int8 = PyTorch int8 weights; onnx_float = ONNX Runtime "
         "(CPU provider) float32; onnx_int8 = ONNX Runtime int8 x int8 (MatMulNBits, blocks of "
@@ -174,6 +184,13 @@ def report(results: dict[str, dict[str, float]], command: str) -> str:
         cells = [f"{r[k]:.1f}" if k in r else "—" for k in ("batch32_tok_s", "single_tok_s")]
         cells.append(f"{r['ttft_1000_s']:.2f}" if "ttft_1000_s" in r else "—")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if runs and rounds > 1:
+        lines += ["", "Every round (32-prompt tok/s / single-stream tok/s):", ""]
+        for name, rs in runs.items():
+            each = ", ".join(
+                f"{r['batch32_tok_s']:.0f} / {r.get('single_tok_s', float('nan')):.1f}" for r in rs
+            )
+            lines.append(f"- {name}: {each}")
     ref = results.get("tessera")
     if ref:
         lines += ["", "Ratios against the PyTorch float32 engine (tessera) in the same run:", ""]
@@ -232,6 +249,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--only", choices=[*ENGINES, *PEERS], action="append")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds; figures are medians")
     ap.add_argument("--run-one", choices=[*ENGINES, *PEERS], help=argparse.SUPPRESS)
     ap.add_argument(
         "--out", type=Path, help="report file (default bench/results/engine_throughput-DATE.md)"
@@ -241,12 +259,17 @@ def main() -> None:
         print(RESULT_TAG + json.dumps(run_one(args.run_one)), flush=True)
         return
     which = [w for w in [*ENGINES, *PEERS] if w in (args.only or [*ENGINES, *PEERS])]
-    results: dict[str, dict[str, float]] = {}
-    for name in which:
-        results[name] = run_isolated(name)
-        print(name, json.dumps(results[name]), flush=True)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in which}
+    for round_ in range(args.rounds):
+        for name in which:
+            runs[name].append(run_isolated(name))
+            print(f"round {round_ + 1}", name, json.dumps(runs[name][-1]), flush=True)
+    results = {
+        name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()
+    }
     command = "python bench/engine_throughput.py" + "".join(f" --only {w}" for w in args.only or [])
-    text = report(results, command)
+    command += f" --rounds {args.rounds}"
+    text = report(results, command, runs)
     print(text)
     out = (
         args.out

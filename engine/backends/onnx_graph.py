@@ -39,7 +39,7 @@ from engine.model_source import ModelBundle
 log = logging.getLogger(__name__)
 
 # Bump when the graph contract or the export changes: older artifacts stop matching.
-GRAPH_VERSION = 4
+GRAPH_VERSION = 5
 OPSET = 17
 INPUT_NAMES = ["token_ids", "positions", "past_lens", "block_tables", "logits_indices", "kv_pool"]
 OUTPUT_NAMES = ["logits", "new_kv"]

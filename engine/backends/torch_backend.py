@@ -39,6 +39,7 @@ class TorchBackend(Backend):
         # RoPE tables stay float32 so positions far out keep their precision.
         self.model.rotary.float()
         weight_bytes = cfg.num_parameters * self.dtype.itemsize
+        cpu_float32 = self.device.type == "cpu" and self.dtype == torch.float32
         if options.quantization == "int8":
             if self.device.type != "cpu" or self.dtype != torch.float32:
                 raise ValueError("backend torch's int8 mode is a CPU mode over float32 activations")
@@ -47,11 +48,13 @@ class TorchBackend(Backend):
             if self.device.type != "cpu" or self.dtype != torch.float32:
                 raise ValueError("--weight-dtype bfloat16 is a CPU mode over float32 activations")
             self.model.use_bfloat16_weights()
-        elif self.device.type == "cpu" and weight_bytes <= options.cpu_transposed_weights_max_bytes:
+        elif cpu_float32 and torch.backends.mkldnn.is_available():
+            self.model.use_onednn_weights()  # same memory: the plain copies are freed
+        elif cpu_float32 and weight_bytes <= options.cpu_transposed_weights_max_bytes:
             self.model.keep_transposed_weights()
         self.caches: list[PagedKVCache] = []
         self.native_decode = None
-        if self.device.type == "cpu" and self.dtype == torch.float32 and options.native_kernels:
+        if cpu_float32 and options.native_kernels:
             kernels = load_cpu_kernels()
             self.native_decode = kernels.paged_decode_attention if kernels else None
 

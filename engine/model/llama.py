@@ -17,15 +17,19 @@ _INT8_PACKED_MAX_ROWS = 1
 
 
 class Projection(nn.Linear):
-    """A bias-free linear layer with the matmul orientation that is fastest on CPU.
+    """A bias-free linear layer with the matmul form that is fastest on CPU.
 
-    Measured on 2 AVX2 cores (bench/results/matmul_orientation.md): for 2-255
+    Where torch has oneDNN, W is reordered once into oneDNN's blocked layout: on 2
+    AVX-512 cores that made a step's matmuls 1.7-2.4x faster at every row count
+    (bench/results/matmul_orientation-2026-12-01.md). Without it, the orientation is
+    chosen by row count, measured on 2 AVX2 cores (bench/results/matmul_orientation.md): for 2-255
     rows, (W @ x^T)^T is 1.2-4x faster than F.linear because MKL splits the large
     output dimension across threads; for one row (single-stream decode) and for
     long prefill chunks, x @ W^T with W^T stored contiguous is fastest.
     """
 
     weight_t: torch.Tensor | None
+    weight_packed: torch.Tensor | None
     weight_bf16: torch.Tensor | None
     weight_int8: torch.Tensor | None
     weight_int8_scales: torch.Tensor | None
@@ -33,6 +37,7 @@ class Projection(nn.Linear):
     def __init__(self, in_features: int, out_features: int, contiguous_output: bool = False):
         super().__init__(in_features, out_features, bias=False)
         self.weight_t = None
+        self.weight_packed = None
         self.weight_bf16 = None
         self.weight_int8 = None
         self.weight_int8_scales = None
@@ -67,7 +72,20 @@ class Projection(nn.Linear):
         if self.out_features >= self.in_features:
             self.weight_t = self.weight.detach().t().contiguous()
 
+    def keep_onednn_copy(self, drop_plain: bool) -> None:
+        """Multiply through oneDNN with W reordered once into its blocked layout (CPU,
+        float32). ``drop_plain`` frees the [out, in] weight, which nothing else reads then
+        (a projection tied to the embedding table must keep it)."""
+        self.weight_packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), None)
+        self.weight_t = None
+        if drop_plain:
+            self.weight = nn.Parameter(torch.empty(0), requires_grad=False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [rows, in] -> [rows, out]
+        if self.weight_packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(
+                x.contiguous(), self.weight_packed, None, "none", [None], ""
+            )
         if torch.onnx.is_in_onnx_export():
             # One MatMul with a constant [in, out] weight: what ONNX Runtime's quantizers
             # and TensorRT recognise (the CPU orientation tricks below are eager-only).
@@ -200,7 +218,10 @@ class LlamaModel(nn.Module):
             h = layer(h, cos, sin, attention)
         # Only sampled rows need the final norm and the (large) vocabulary projection.
         h = self.norm(h[logits_indices])
-        return self.lm_head(h).float()
+        logits = self.lm_head(h)
+        # No cast when already float32: exported, even a same-type Cast copies the whole
+        # [rows, vocab] block (6.5 ms of a 32-sequence ONNX step, measured).
+        return logits if logits.dtype == torch.float32 else logits.float()
 
     def load_hf_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Copy Hugging Face LlamaForCausalLM tensors in, fusing QKV and gate/up."""
@@ -241,6 +262,14 @@ class LlamaModel(nn.Module):
         for name, module in self.named_modules():
             if isinstance(module, Projection) and not any(t in name for t in float_layers):
                 module.keep_int8_copy()
+
+    def use_onednn_weights(self) -> None:
+        """CPU float32 matmuls through oneDNN's blocked weight layout (see Projection); the
+        plain weights are freed except the one the embedding gather shares."""
+        shared = self.embed_tokens.weight
+        for module in self.modules():
+            if isinstance(module, Projection):
+                module.keep_onednn_copy(drop_plain=module.weight is not shared)
 
     def keep_transposed_weights(self) -> None:
         """Trade memory for single-stream CPU decode speed (see Projection)."""
