@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from engine.model_source import ModelBundle
 log = logging.getLogger(__name__)
 
 # Bump when the graph contract or the export changes: older artifacts stop matching.
-GRAPH_VERSION = 5
+GRAPH_VERSION = 6
 OPSET = 17
 INPUT_NAMES = ["token_ids", "positions", "past_lens", "block_tables", "logits_indices", "kv_pool"]
 OUTPUT_NAMES = ["logits", "new_kv"]
@@ -61,8 +62,7 @@ class StepGraph(nn.Module):
         logits_indices: torch.Tensor,
         kv_pool: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        layers = self.model.cfg.num_hidden_layers
-        attention = GatheredPoolAttention(kv_pool, block_tables, past_lens, layers)
+        attention = GatheredPoolAttention(kv_pool, block_tables, past_lens, self.model.cfg)
         logits = self.model(token_ids, positions, logits_indices, attention)
         return logits, torch.stack(attention.new_kv)  # [R, V], [L * 2, T, kvh, hd]
 
@@ -161,7 +161,10 @@ def export_float(bundle: ModelBundle, path: Path, max_positions: int) -> None:
         "logits": {0: "num_rows"},
         "new_kv": {1: "num_tokens"},
     }
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        # The attention's shape constants (head counts, head size) are meant to be
+        # constants in the trace, which is what the tracer warns about.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
             graph,
             tuple(torch.from_numpy(sample[n]) for n in INPUT_NAMES),

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch.onnx.operators import reshape_from_tensor_shape, shape_as_tensor
+
+if TYPE_CHECKING:
+    from engine.model_source.arch import LlamaArchConfig
 
 
 @dataclass
@@ -159,6 +163,11 @@ class GatheredPoolAttention:
     batch is B sequences of Q new tokens each (the backend groups decodes, Q = 1,
     and runs prefill chunks one sequence at a time). This step's K/V are attended
     to directly and collected in ``new_kv`` for the backend to write into the pool.
+
+    Head counts and sizes come from the config as plain ints, and the shapes that depend
+    on the batch (B, Q, P) are made once per graph and shared by every layer: each size
+    read inside a layer would be exported as Shape/Gather/Unsqueeze/Concat nodes, 30
+    times over, and ONNX Runtime pays per node on every step.
     """
 
     def __init__(
@@ -166,52 +175,69 @@ class GatheredPoolAttention:
         pool: torch.Tensor,  # [L * 2 * NB, bs, kvh, hd]
         block_tables: torch.Tensor,  # [B, nb] blocks holding each sequence's cached tokens
         past_lens: torch.Tensor,  # [B] tokens already cached per sequence
-        num_layers: int,
+        cfg: LlamaArchConfig,
     ) -> None:
         self.pool = pool
         self.block_tables = block_tables
         self.past_lens = past_lens
-        self.blocks_per_pool = pool.shape[0] // (2 * num_layers)
+        self.kvh, self.hd = cfg.num_key_value_heads, cfg.head_dim
+        self.heads = cfg.num_attention_heads
+        self.group = self.heads // self.kvh
+        self.blocks_per_pool = pool.shape[0] // (2 * cfg.num_hidden_layers)
         self.new_kv: list[torch.Tensor] = []
-        self._mask: torch.Tensor | None = None
+        self._shared: dict[str, torch.Tensor] | None = None
+
+    def _shapes(self, num_tokens: int) -> dict[str, torch.Tensor]:
+        """Target shapes with the batch's B (and P, Q) in them, and the additive mask."""
+        b = shape_as_tensor(self.block_tables)[:1]  # [B]
+        kvh, g, hd = self.kvh, self.group, self.hd
+        shapes = {
+            "kv": torch.cat([b, torch.tensor([-1, kvh, hd])]),  # [B, P or Q, kvh, hd]
+            "q": torch.cat([b, torch.tensor([-1, kvh, g, hd])]),  # [B, Q, kvh, g, hd]
+            "qt": torch.cat([b, torch.tensor([kvh, hd, -1])]),  # [B, kvh, hd, g * Q]
+            "out": torch.cat([b, torch.tensor([kvh, g, -1, hd])]),  # [B, kvh, g, Q, hd]
+        }
+        num_past = self.block_tables.shape[1] * self.pool.shape[1]
+        num_new = num_tokens // self.block_tables.shape[0]
+        shapes["mask"] = self._additive_mask(num_new, num_past)
+        return shapes
 
     def _additive_mask(self, num_new: int, num_past: int) -> torch.Tensor:
         # Plain ints here; under tracing they are recorded as the inputs' dynamic sizes.
-        # [B, 1, 1, Q, P + Q]: cached keys up to past_len, new keys causally.
+        # [B, 1, g * Q, P + Q]: cached keys up to past_len, new keys causally; the rows are
+        # the query heads of one KV head (g-major), then the Q new tokens.
         qpos = torch.arange(num_new).unsqueeze(1)  # [Q, 1]
         causal = torch.arange(num_new).unsqueeze(0) <= qpos  # [Q, Q]
         past = torch.arange(num_past).unsqueeze(0) < self.past_lens.unsqueeze(1)  # [B, P]
         b = self.past_lens.shape[0]
         allowed = torch.cat(
             [past.unsqueeze(1).expand(b, causal.shape[0], -1), causal.expand(b, -1, -1)], dim=2
-        )
+        )  # [B, Q, P + Q]
         zero = torch.zeros((), dtype=self.pool.dtype)
         neg = torch.full((), torch.finfo(self.pool.dtype).min, dtype=self.pool.dtype)
-        return torch.where(allowed, zero, neg)[:, None, None]
+        return torch.where(allowed, zero, neg).repeat(1, self.group, 1)[:, None]
 
     def __call__(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
-        n, heads, hd = q.shape
-        kvh = k.shape[1]
-        b = self.block_tables.shape[0]
+        if self._shared is None:
+            self._shared = self._shapes(q.shape[0])
+        s = self._shared
         self.new_kv += [k, v]
         k_rows = self.block_tables + 2 * layer * self.blocks_per_pool
-        past_k = self.pool[k_rows].reshape(b, -1, kvh, hd)  # [B, P, kvh, hd]
-        past_v = self.pool[k_rows + self.blocks_per_pool].reshape(b, -1, kvh, hd)
-        qb = q.reshape(b, -1, kvh, heads // kvh, hd)  # [B, Q, kvh, g, hd]
-        keys = torch.cat([past_k, k.reshape(b, -1, kvh, hd)], dim=1)  # [B, P+Q, kvh, hd]
-        values = torch.cat([past_v, v.reshape(b, -1, kvh, hd)], dim=1)
-        if self._mask is None:
-            self._mask = self._additive_mask(qb.shape[1], past_k.shape[1])
+        past_k = reshape_from_tensor_shape(self.pool[k_rows], s["kv"])  # [B, P, kvh, hd]
+        past_v = reshape_from_tensor_shape(self.pool[k_rows + self.blocks_per_pool], s["kv"])
+        keys = torch.cat([past_k, reshape_from_tensor_shape(k, s["kv"])], dim=1)  # [B, P+Q, ..]
+        values = torch.cat([past_v, reshape_from_tensor_shape(v, s["kv"])], dim=1)
         # Query heads grouped under their KV head: no copy of K/V per query head. Scores
         # are taken as K @ q^T and then transposed: K laid out [.., hd, P] for q @ K^T was a
         # strided transpose that cost more than all of a layer's attention matmuls (ORT
         # profile of a 32-sequence step); [.., P, hd] keeps hd innermost, a plain copy.
-        g, q_len, ctx = heads // kvh, qb.shape[1], keys.shape[1]
-        qt = qb.permute(0, 2, 4, 3, 1).reshape(b, kvh, hd, g * q_len)  # [B, kvh, hd, g*Q]
+        qb = reshape_from_tensor_shape(q, s["q"])  # [B, Q, kvh, g, hd]
+        qt = reshape_from_tensor_shape(qb.permute(0, 2, 4, 3, 1), s["qt"])  # [B, kvh, hd, gQ]
         scores_t = torch.matmul(keys.permute(0, 2, 1, 3), qt)  # [B, kvh, P+Q, g*Q]
-        scores = scores_t.transpose(2, 3).reshape(b, kvh, g, q_len, ctx) * hd**-0.5
-        probs = torch.softmax(scores + self._mask, dim=-1)  # [B, kvh, g, Q, P+Q]
-        out = torch.matmul(probs, values.permute(0, 2, 1, 3).unsqueeze(2))  # [B, kvh, g, Q, hd]
-        return out.permute(0, 3, 1, 2, 4).reshape(n, heads, hd)
+        scores = scores_t.transpose(2, 3) * self.hd**-0.5  # [B, kvh, g*Q, P+Q]
+        probs = torch.softmax(scores + s["mask"], dim=-1)
+        out = torch.matmul(probs, values.permute(0, 2, 1, 3))  # [B, kvh, g*Q, hd]
+        out = reshape_from_tensor_shape(out, s["out"])  # [B, kvh, g, Q, hd]
+        return out.permute(0, 3, 1, 2, 4).reshape(-1, self.heads, self.hd)

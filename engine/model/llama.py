@@ -162,6 +162,8 @@ class DecoderLayer(nn.Module):
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
+        self.total_heads = self.num_heads + 2 * self.num_kv_heads
+        self.intermediate_size = cfg.intermediate_size
         q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.qkv_proj = Projection(cfg.hidden_size, q + 2 * kv, contiguous_output=True)
         self.o_proj = Projection(q, cfg.hidden_size)
@@ -177,17 +179,19 @@ class DecoderLayer(nn.Module):
         sin: torch.Tensor,
         attention: LayerAttention,
     ) -> torch.Tensor:
-        n = h.shape[0]
+        # Shapes from the config's plain ints, never from tensors' sizes: the ONNX export
+        # turns every size read into Shape/Gather/Concat nodes, and ONNX Runtime pays
+        # for each node on every step (half of a layer's nodes were such arithmetic).
         x = self.input_layernorm(h)
-        qkv = self.qkv_proj(x).view(n, -1, self.head_dim)  # [n, heads + 2 * kv_heads, hd]
+        qkv = self.qkv_proj(x).view(-1, self.total_heads, self.head_dim)  # [n, q+2kv heads, hd]
         # Q and K heads are adjacent: rotate them in one go.
-        qk = apply_rope(qkv[:, : self.num_heads + self.num_kv_heads], cos, sin)
+        qk = apply_rope(qkv[:, : self.num_heads + self.num_kv_heads], cos, sin, self.head_dim)
         q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)
         v = qkv[:, self.num_heads + self.num_kv_heads :]
         attn = attention(self.index, q, k, v)  # [n, heads, head_dim]
-        h = h + self.o_proj(attn.reshape(n, -1))
+        h = h + self.o_proj(attn.reshape(-1, self.num_heads * self.head_dim))
         x = self.post_attention_layernorm(h)
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
         return h + self.down_proj(F.silu(gate) * up)
 
 

@@ -57,9 +57,12 @@ class RotaryEmbedding(torch.nn.Module):
         return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [num_tokens, heads, head_dim] by the half-split convention."""
-    half = x.shape[-1] // 2
+def apply_rope(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int
+) -> torch.Tensor:
+    """Rotate x [num_tokens, heads, head_dim] by the half-split convention. ``head_dim`` is
+    passed as a plain int: read from ``x.shape`` it would be exported as shape arithmetic."""
+    half = head_dim // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     # The tables are float32; the result keeps the activations' dtype.
     return (x * cos + rotated * sin).to(x.dtype)
