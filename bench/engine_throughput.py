@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import describe
 from bench.serving_load import TOPICS  # the same prompts as the serving benchmark
+from engine.backends.onnx_graph import GraphOptions
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model_source import Tokenizer, default_model_path, load_model
@@ -174,7 +175,8 @@ def report(
         "tessera = PyTorch backend, float32; tessera_bf16w = bfloat16 weights, float32 "
         "activations/attention/KV; torch_int8 = PyTorch int8 weights; onnx_float = ONNX Runtime "
         "(CPU provider) float32; onnx_int8 = ONNX Runtime int8 x int8 (MatMulNBits, blocks of "
-        "32); onnx_int8_qdq = the TensorRT form (int8 weights behind DequantizeLinear) run on "
+        f"{GraphOptions().int8_block_size}); onnx_int8_qdq = the TensorRT form (int8 weights "
+        "behind DequantizeLinear) run on "
         "the CPU provider; hf_static_bf16 = transformers with the whole model in bfloat16.",
         "",
         "| system | 32-prompt output tok/s | single-stream tok/s | TTFT 1,000 tokens (s) |",

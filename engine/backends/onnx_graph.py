@@ -40,7 +40,7 @@ from engine.model_source import ModelBundle
 log = logging.getLogger(__name__)
 
 # Bump when the graph contract or the export changes: older artifacts stop matching.
-GRAPH_VERSION = 6
+GRAPH_VERSION = 7
 OPSET = 17
 INPUT_NAMES = ["token_ids", "positions", "past_lens", "block_tables", "logits_indices", "kv_pool"]
 OUTPUT_NAMES = ["logits", "new_kv"]
@@ -74,6 +74,7 @@ class GraphOptions:
     quantization: str = "none"  # none | int8
     int8_scheme: str = "dynamic"  # dynamic (CPU, int8 x int8 blocks) | qdq (weights, TensorRT)
     int8_lm_head: bool = True  # quantize the vocabulary projection too
+    int8_block_size: int = 128  # dynamic: input channels sharing one scale (README: measured)
     max_positions: int = 2048
 
 
@@ -131,7 +132,7 @@ def build_model_file(bundle: ModelBundle, opts: GraphOptions, cache_dir: Path) -
             if opts.int8_scheme == "qdq":
                 quantize_qdq_weights(float_path, out, keep_float)
             else:
-                quantize_dynamic_blockwise(float_path, out, keep_float)
+                quantize_dynamic_blockwise(float_path, out, keep_float, opts.int8_block_size)
         log.info("built ONNX artifact %s (%s)", entry, opts)
         (tmp / "build.json").write_text(json.dumps(opts.__dict__, indent=2))
         try:

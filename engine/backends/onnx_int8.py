@@ -31,10 +31,12 @@ def _stays_float(name: str, float_layers: Sequence[str]) -> bool:
     return any(tag in name for tag in float_layers)
 
 
-def quantize_dynamic_blockwise(src: Path, dst: Path, float_layers: Sequence[str]) -> None:
-    """Weights int8 (symmetric, one scale per 32 input channels of each output channel),
-    activations quantized to int8 on the fly in the same blocks: ONNX Runtime's MatMulNBits
-    with accuracy level 4, whose CPU kernel multiplies int8 by int8.
+def quantize_dynamic_blockwise(
+    src: Path, dst: Path, float_layers: Sequence[str], block_size: int
+) -> None:
+    """Weights int8 (symmetric, one scale per ``block_size`` input channels of each output
+    channel), activations quantized to int8 on the fly in the same blocks: ONNX Runtime's
+    MatMulNBits with accuracy level 4, whose CPU kernel multiplies int8 by int8.
 
     Measured on SmolLM2-135M (engine/backends/README.md), against ONNX Runtime's dynamic
     quantizer (one activation scale per tensor: top-1 agreement 62 %, and 8-bit weights
@@ -50,7 +52,7 @@ def quantize_dynamic_blockwise(src: Path, dst: Path, float_layers: Sequence[str]
     quantizer = MatMulNBitsQuantizer(
         model,
         bits=8,
-        block_size=32,
+        block_size=block_size,
         is_symmetric=True,
         accuracy_level=4,  # int8 activations: the int8 x int8 kernel
         nodes_to_exclude=excluded,
