@@ -88,6 +88,9 @@ class OnnxBackend(Backend):
             int8_scheme=scheme if options.quantization == "int8" else "dynamic",
             int8_lm_head=options.int8_lm_head,
             max_positions=options.max_model_len,
+            # CUDA's GroupQueryAttention takes fp16/bf16 only: the float32 graph on a GPU
+            # keeps attention as plain ops.
+            fused_attention=provider == "cpu",
         )
         cache_dir = options.artifact_dir or default_cache_dir()
         model_path = build_model_file(bundle, graph, cache_dir)
@@ -159,9 +162,8 @@ class OnnxBackend(Backend):
         self.pool = torch.zeros(0)  # release the old pool before taking the new one
         self.pool = torch.zeros(
             (
-                cfg.num_hidden_layers * 2 * num_blocks,
+                cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * num_blocks,
                 block_size,
-                cfg.num_key_value_heads,
                 cfg.head_dim,
             ),
             dtype=torch.float32,
@@ -235,8 +237,8 @@ class OnnxBackend(Backend):
         self._bind(binding.bind_output, "new_kv", new_kv)
         self.session.run_with_iobinding(binding)
         slots = torch.from_numpy(inputs.slot_mapping[rows]).to(self.torch_device)
-        pool = self.pool.view(layers2, -1, cfg.num_key_value_heads, cfg.head_dim)
-        pool.index_copy_(1, slots, new_kv)  # this step's K/V into the pool, in place
+        pool = self.pool.view(layers2, cfg.num_key_value_heads, -1, cfg.head_dim)
+        pool.index_copy_(2, slots, new_kv.transpose(1, 2))  # this step's K/V, in place
         return logits.cpu()
 
     def _bind(self, bind: Any, name: str, t: torch.Tensor) -> None:

@@ -6,7 +6,8 @@ Graph contract (every ONNX-based backend runs exactly this):
              past_lens [B] int64        tokens already cached per sequence,
              block_tables [B, nb] int64 blocks holding those cached tokens,
              logits_indices [R] int64   rows whose next-token logits are wanted,
-             kv_pool [L * 2 * NB, bs, kv_heads, head_dim] float32, read in place
+             kv_pool [L * 2 * kv_heads * NB, bs, head_dim] float32, read in place
+                 (row ((2l + kind) * kv_heads + h) * NB + block: see GatheredPoolAttention)
     outputs  logits [R, vocab] float32,
              new_kv [L * 2, T, kv_heads, head_dim] float32  this step's K (even rows)
              and V (odd rows), which the backend writes into the pool at their slots
@@ -40,7 +41,7 @@ from engine.model_source import ModelBundle
 log = logging.getLogger(__name__)
 
 # Bump when the graph contract or the export changes: older artifacts stop matching.
-GRAPH_VERSION = 7
+GRAPH_VERSION = 8
 OPSET = 17
 INPUT_NAMES = ["token_ids", "positions", "past_lens", "block_tables", "logits_indices", "kv_pool"]
 OUTPUT_NAMES = ["logits", "new_kv"]
@@ -49,9 +50,10 @@ OUTPUT_NAMES = ["logits", "new_kv"]
 class StepGraph(nn.Module):
     """LlamaModel wrapped to the graph contract above (what torch.onnx.export traces)."""
 
-    def __init__(self, model: LlamaModel) -> None:
+    def __init__(self, model: LlamaModel, fused_attention: bool) -> None:
         super().__init__()
         self.model = model
+        self.fused_attention = fused_attention
 
     def forward(
         self,
@@ -62,7 +64,9 @@ class StepGraph(nn.Module):
         logits_indices: torch.Tensor,
         kv_pool: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        attention = GatheredPoolAttention(kv_pool, block_tables, past_lens, self.model.cfg)
+        attention = GatheredPoolAttention(
+            kv_pool, block_tables, past_lens, self.model.cfg, self.fused_attention
+        )
         logits = self.model(token_ids, positions, logits_indices, attention)
         return logits, torch.stack(attention.new_kv)  # [R, V], [L * 2, T, kvh, hd]
 
@@ -75,6 +79,7 @@ class GraphOptions:
     int8_scheme: str = "dynamic"  # dynamic (CPU, int8 x int8 blocks) | qdq (weights, TensorRT)
     int8_lm_head: bool = True  # quantize the vocabulary projection too
     int8_block_size: int = 128  # dynamic: input channels sharing one scale (README: measured)
+    fused_attention: bool = True  # ONNX Runtime's GroupQueryAttention (CPU); False: plain ops
     max_positions: int = 2048
 
 
@@ -119,14 +124,18 @@ def build_model_file(bundle: ModelBundle, opts: GraphOptions, cache_dir: Path) -
     # INT8 forms are made from the cached float artifact: one export serves every mode.
     float_path = None
     if opts.quantization == "int8":
-        float_opts = GraphOptions(quantization="none", max_positions=opts.max_positions)
+        float_opts = GraphOptions(
+            quantization="none",
+            max_positions=opts.max_positions,
+            fused_attention=opts.fused_attention,
+        )
         float_path = build_model_file(bundle, float_opts, cache_dir)
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
         out = tmp / "model.onnx"
         if float_path is None:
-            export_float(bundle, out, opts.max_positions)
+            export_float(bundle, out, opts.max_positions, opts.fused_attention)
         else:
             keep_float = [t for t in FLOAT_LAYERS if not (opts.int8_lm_head and t == "lm_head")]
             if opts.int8_scheme == "qdq":
@@ -145,12 +154,12 @@ def build_model_file(bundle: ModelBundle, opts: GraphOptions, cache_dir: Path) -
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def export_float(bundle: ModelBundle, path: Path, max_positions: int) -> None:
+def export_float(bundle: ModelBundle, path: Path, max_positions: int, fused: bool) -> None:
     """Trace the float32 model into ``path`` (weights as initializers, dynamic shapes)."""
     cfg = bundle.config
     model = LlamaModel(cfg, max_positions=max_positions)
     model.load_hf_weights(bundle.weights)
-    graph = StepGraph(model.eval())
+    graph = StepGraph(model.eval(), fused)
     sample = sample_inputs(bundle, num_seqs=2, tokens_per_seq=3, past_blocks=2, pool_blocks=6)
     dynamic_axes = {
         "token_ids": {0: "num_tokens"},
@@ -174,6 +183,7 @@ def export_float(bundle: ModelBundle, path: Path, max_positions: int) -> None:
             output_names=OUTPUT_NAMES,
             dynamic_axes=dynamic_axes,
             opset_version=OPSET,
+            custom_opsets={"com.microsoft": 1},
             do_constant_folding=True,
             dynamo=False,
         )
@@ -203,9 +213,8 @@ def sample_inputs(
         "logits_indices": np.arange(n, dtype=np.int64)[tokens_per_seq - 1 :: tokens_per_seq],
         "kv_pool": np.zeros(
             (
-                cfg.num_hidden_layers * 2 * pool_blocks,
+                cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * pool_blocks,
                 block_size,
-                cfg.num_key_value_heads,
                 cfg.head_dim,
             ),
             dtype=np.float32,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -157,12 +157,17 @@ class PagedAttention:
 class GatheredPoolAttention:
     """Attention for a compiled graph over one resident pool it only reads.
 
-    The pool is one tensor [num_layers * 2 * num_blocks, block_size, kv_heads, hd]
-    (layer l's K blocks at rows 2l*NB.., its V blocks at (2l+1)*NB..), so that a
-    gather by block table touches only the blocks in use, never the whole pool. The
-    batch is B sequences of Q new tokens each (the backend groups decodes, Q = 1,
-    and runs prefill chunks one sequence at a time). This step's K/V are attended
-    to directly and collected in ``new_kv`` for the backend to write into the pool.
+    The pool is one tensor [num_layers * 2 * kv_heads * num_blocks, block_size, hd]: row
+    ((2l + kind) * kvh + h) * NB + block holds one block of layer l's keys (kind 0) or
+    values (kind 1) for KV head h. One gather by block table then yields [B, kvh, P, hd],
+    the layout attention reads, touching only the blocks in use and transposing nothing.
+    The batch is B sequences of Q new tokens each (the backend groups decodes, Q = 1, and
+    runs prefill chunks one sequence at a time). This step's K/V are attended to directly
+    and collected in ``new_kv`` for the backend to write into the pool.
+
+    ``fused`` exports attention as ONNX Runtime's GroupQueryAttention (CPU: one kernel for
+    scores, mask, softmax and values, instead of a dozen nodes and copies); without it, as
+    plain ONNX ops any provider runs (CUDA's GroupQueryAttention is fp16/bf16 only).
 
     Head counts and sizes come from the config as plain ints, and the shapes that depend
     on the batch (B, Q, P) are made once per graph and shared by every layer: each size
@@ -172,47 +177,54 @@ class GatheredPoolAttention:
 
     def __init__(
         self,
-        pool: torch.Tensor,  # [L * 2 * NB, bs, kvh, hd]
+        pool: torch.Tensor,  # [L * 2 * kvh * NB, bs, hd]
         block_tables: torch.Tensor,  # [B, nb] blocks holding each sequence's cached tokens
         past_lens: torch.Tensor,  # [B] tokens already cached per sequence
         cfg: LlamaArchConfig,
+        fused: bool,
     ) -> None:
         self.pool = pool
         self.block_tables = block_tables
         self.past_lens = past_lens
+        self.fused = fused
         self.kvh, self.hd = cfg.num_key_value_heads, cfg.head_dim
         self.heads = cfg.num_attention_heads
         self.group = self.heads // self.kvh
-        self.blocks_per_pool = pool.shape[0] // (2 * cfg.num_hidden_layers)
+        self.blocks_per_pool = pool.shape[0] // (2 * cfg.num_hidden_layers * self.kvh)
         self.new_kv: list[torch.Tensor] = []
         self._shared: dict[str, torch.Tensor] | None = None
 
-    def _shapes(self, num_tokens: int) -> dict[str, torch.Tensor]:
-        """Target shapes with the batch's B (and P, Q) in them, and the additive mask."""
+    def _shapes(self, q: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What every layer shares: target shapes with the batch's B in them, the pool rows
+        of each sequence's blocks per KV head, and the lengths (fused) or the mask."""
         b = shape_as_tensor(self.block_tables)[:1]  # [B]
         kvh, g, hd = self.kvh, self.group, self.hd
-        shapes = {
-            "kv": torch.cat([b, torch.tensor([-1, kvh, hd])]),  # [B, P or Q, kvh, hd]
-            "q": torch.cat([b, torch.tensor([-1, kvh, g, hd])]),  # [B, Q, kvh, g, hd]
-            "qt": torch.cat([b, torch.tensor([kvh, hd, -1])]),  # [B, kvh, hd, g * Q]
-            "out": torch.cat([b, torch.tensor([kvh, g, -1, hd])]),  # [B, kvh, g, Q, hd]
+        heads_first = torch.arange(kvh).reshape(1, kvh, 1) * self.blocks_per_pool
+        shared = {
+            "rows": self.block_tables.unsqueeze(1) + heads_first,  # [B, kvh, nb]
+            "past": torch.cat([b, torch.tensor([kvh, -1, hd])]),  # [B, kvh, P, hd]
+            "seq": torch.cat([b, torch.tensor([-1, kvh, hd])]),  # [B, Q, kvh, hd]
         }
+        if self.fused:
+            new_len = shape_as_tensor(q)[0] // b[0]  # Q
+            past_len = shape_as_tensor(self.block_tables)[1] * shape_as_tensor(self.pool)[1]
+            shared["flat_q"] = torch.cat([b, torch.tensor([-1, self.heads * hd])])
+            shared["flat_kv"] = torch.cat([b, torch.tensor([-1, kvh * hd])])
+            shared["seqlens_k"] = (self.past_lens + new_len - 1).to(torch.int32)
+            shared["total_len"] = (past_len + new_len).to(torch.int32)  # the padded P + Q
+            return shared
+        shared["q"] = torch.cat([b, torch.tensor([-1, kvh, g, hd])])  # [B, Q, kvh, g, hd]
+        shared["qt"] = torch.cat([b, torch.tensor([kvh, hd, -1])])  # [B, kvh, hd, g * Q]
+        shared["out"] = torch.cat([b, torch.tensor([kvh, g, -1, hd])])  # [B, kvh, g, Q, hd]
         num_past = self.block_tables.shape[1] * self.pool.shape[1]
-        num_new = num_tokens // self.block_tables.shape[0]
-        shapes["mask"] = self._additive_mask(num_new, num_past)
-        return shapes
+        shared["mask"] = self._additive_mask(q.shape[0] // self.block_tables.shape[0], num_past)
+        return shared
 
     def _additive_mask(self, num_new: int, num_past: int) -> torch.Tensor:
         # Plain ints here; under tracing they are recorded as the inputs' dynamic sizes.
         # [B, 1, g * Q, P + Q]: cached keys up to past_len, new keys causally; the rows are
         # the query heads of one KV head (g-major), then the Q new tokens.
-        qpos = torch.arange(num_new).unsqueeze(1)  # [Q, 1]
-        causal = torch.arange(num_new).unsqueeze(0) <= qpos  # [Q, Q]
-        past = torch.arange(num_past).unsqueeze(0) < self.past_lens.unsqueeze(1)  # [B, P]
-        b = self.past_lens.shape[0]
-        allowed = torch.cat(
-            [past.unsqueeze(1).expand(b, causal.shape[0], -1), causal.expand(b, -1, -1)], dim=2
-        )  # [B, Q, P + Q]
+        allowed = _allowed(self.past_lens, num_past, num_new)  # [B, Q, P + Q]
         zero = torch.zeros((), dtype=self.pool.dtype)
         neg = torch.full((), torch.finfo(self.pool.dtype).min, dtype=self.pool.dtype)
         return torch.where(allowed, zero, neg).repeat(1, self.group, 1)[:, None]
@@ -221,23 +233,91 @@ class GatheredPoolAttention:
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
         if self._shared is None:
-            self._shared = self._shapes(q.shape[0])
+            self._shared = self._shapes(q)
         s = self._shared
         self.new_kv += [k, v]
-        k_rows = self.block_tables + 2 * layer * self.blocks_per_pool
-        past_k = reshape_from_tensor_shape(self.pool[k_rows], s["kv"])  # [B, P, kvh, hd]
-        past_v = reshape_from_tensor_shape(self.pool[k_rows + self.blocks_per_pool], s["kv"])
-        keys = torch.cat([past_k, reshape_from_tensor_shape(k, s["kv"])], dim=1)  # [B, P+Q, ..]
-        values = torch.cat([past_v, reshape_from_tensor_shape(v, s["kv"])], dim=1)
+        first = 2 * layer * self.kvh * self.blocks_per_pool  # this layer's first K row
+        past_k = reshape_from_tensor_shape(self.pool[s["rows"] + first], s["past"])
+        values_first = first + self.kvh * self.blocks_per_pool
+        past_v = reshape_from_tensor_shape(self.pool[s["rows"] + values_first], s["past"])
+        if self.fused:
+            out = GroupQueryAttention.apply(
+                reshape_from_tensor_shape(q, s["flat_q"]),
+                reshape_from_tensor_shape(k, s["flat_kv"]),
+                reshape_from_tensor_shape(v, s["flat_kv"]),
+                past_k,
+                past_v,
+                s["seqlens_k"],
+                s["total_len"],
+                self.heads,
+                self.kvh,
+            )  # [B, Q, heads * hd]
+            return out.reshape(-1, self.heads, self.hd)
+        new_k = reshape_from_tensor_shape(k, s["seq"]).transpose(1, 2)  # [B, kvh, Q, hd]
+        new_v = reshape_from_tensor_shape(v, s["seq"]).transpose(1, 2)
+        keys = torch.cat([past_k, new_k], dim=2)  # [B, kvh, P + Q, hd]
+        values = torch.cat([past_v, new_v], dim=2)
         # Query heads grouped under their KV head: no copy of K/V per query head. Scores
-        # are taken as K @ q^T and then transposed: K laid out [.., hd, P] for q @ K^T was a
-        # strided transpose that cost more than all of a layer's attention matmuls (ORT
-        # profile of a 32-sequence step); [.., P, hd] keeps hd innermost, a plain copy.
+        # are taken as K @ q^T and then transposed: K laid out [.., hd, P] for q @ K^T
+        # would be a strided transpose costing more than the attention matmuls.
         qb = reshape_from_tensor_shape(q, s["q"])  # [B, Q, kvh, g, hd]
         qt = reshape_from_tensor_shape(qb.permute(0, 2, 4, 3, 1), s["qt"])  # [B, kvh, hd, gQ]
-        scores_t = torch.matmul(keys.permute(0, 2, 1, 3), qt)  # [B, kvh, P+Q, g*Q]
-        scores = scores_t.transpose(2, 3) * self.hd**-0.5  # [B, kvh, g*Q, P+Q]
+        scores = torch.matmul(keys, qt).transpose(2, 3) * self.hd**-0.5  # [B, kvh, gQ, P+Q]
         probs = torch.softmax(scores + s["mask"], dim=-1)
-        out = torch.matmul(probs, values.permute(0, 2, 1, 3))  # [B, kvh, g*Q, hd]
-        out = reshape_from_tensor_shape(out, s["out"])  # [B, kvh, g, Q, hd]
+        out = reshape_from_tensor_shape(torch.matmul(probs, values), s["out"])  # [B,kvh,g,Q,hd]
         return out.permute(0, 3, 1, 2, 4).reshape(-1, self.heads, self.hd)
+
+
+def _allowed(past_lens: torch.Tensor, num_past: int, num_new: int) -> torch.Tensor:
+    """[B, Q, P + Q] True where a new token may attend: cached keys up to each sequence's
+    past length, new keys causally."""
+    causal = torch.arange(num_new).unsqueeze(0) <= torch.arange(num_new).unsqueeze(1)  # [Q, Q]
+    past = torch.arange(num_past).unsqueeze(0) < past_lens.unsqueeze(1)  # [B, P]
+    b = past_lens.shape[0]
+    return torch.cat([past.unsqueeze(1).expand(b, num_new, -1), causal.expand(b, -1, -1)], dim=2)
+
+
+class GroupQueryAttention(torch.autograd.Function):
+    """ONNX Runtime's com.microsoft GroupQueryAttention over a right-padded past (what the
+    export emits), computed here in plain torch with the op's semantics: q [B, Q, H * hd],
+    k/v [B, Q, kvh * hd], past [B, kvh, P, hd] of which the first seqlens_k + 1 - Q rows
+    per sequence are real, total_len = P + Q. Checked against ONNX Runtime in the tests."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+        seqlens_k: torch.Tensor,
+        total_len: torch.Tensor,
+        num_heads: int,
+        kv_heads: int,
+    ) -> torch.Tensor:
+        b, num_new, _ = q.shape
+        hd = past_k.shape[-1]
+        g = num_heads // kv_heads
+        past_lens = seqlens_k.long() + 1 - num_new
+        keys = torch.cat([past_k, k.view(b, num_new, kv_heads, hd).transpose(1, 2)], dim=2)
+        values = torch.cat([past_v, v.view(b, num_new, kv_heads, hd).transpose(1, 2)], dim=2)
+        qh = q.view(b, num_new, kv_heads, g, hd).permute(0, 2, 3, 1, 4)  # [B, kvh, g, Q, hd]
+        scores = qh @ keys.unsqueeze(2).transpose(-1, -2) * hd**-0.5  # [B, kvh, g, Q, P+Q]
+        allowed = _allowed(past_lens, past_k.shape[2], num_new)[:, None, None]
+        probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+        out = probs @ values.unsqueeze(2)  # [B, kvh, g, Q, hd]
+        return out.permute(0, 3, 1, 2, 4).reshape(b, num_new, num_heads * hd)
+
+    @staticmethod
+    def symbolic(g: Any, *inputs: Any) -> Any:
+        """The ONNX node: the seven tensors, then the two head counts as attributes."""
+        *tensors, num_heads, kv_heads = inputs
+        out, _, _ = g.op(
+            "com.microsoft::GroupQueryAttention",
+            *tensors,
+            num_heads_i=num_heads,
+            kv_num_heads_i=kv_heads,
+            outputs=3,
+        )
+        return out
