@@ -203,7 +203,6 @@ class GatheredPoolAttention:
         shared = {
             "rows": self.block_tables.unsqueeze(1) + heads_first,  # [B, kvh, nb]
             "past": torch.cat([b, torch.tensor([kvh, -1, hd])]),  # [B, kvh, P, hd]
-            "seq": torch.cat([b, torch.tensor([-1, kvh, hd])]),  # [B, Q, kvh, hd]
         }
         if self.fused:
             new_len = shape_as_tensor(q)[0] // b[0]  # Q
@@ -213,6 +212,7 @@ class GatheredPoolAttention:
             shared["seqlens_k"] = (self.past_lens + new_len - 1).to(torch.int32)
             shared["total_len"] = (past_len + new_len).to(torch.int32)  # the padded P + Q
             return shared
+        shared["seq"] = torch.cat([b, torch.tensor([-1, kvh, hd])])  # [B, Q, kvh, hd]
         shared["q"] = torch.cat([b, torch.tensor([-1, kvh, g, hd])])  # [B, Q, kvh, g, hd]
         shared["qt"] = torch.cat([b, torch.tensor([kvh, hd, -1])])  # [B, kvh, hd, g * Q]
         shared["out"] = torch.cat([b, torch.tensor([kvh, g, -1, hd])])  # [B, kvh, g, Q, hd]
