@@ -20,11 +20,18 @@ import torch
 from engine.accuracy import GATE_TEXT, GateResult, compare, score_text
 from engine.backends import Backend, BackendOptions, create_backend
 from engine.backends.onnx_graph import GRAPH_VERSION, weights_fingerprint
+from engine.backends.torch_backend import TORCH_INT8_FORM
+from engine.cpu_features import cpu_flags, has_int8_dot_products
+from engine.model.smoothing import CALIBRATION_TEXT
 from engine.model_source import ModelBundle
 
 log = logging.getLogger(__name__)
 
-# Fastest first, per bench/results/engine_throughput-int8-*.md on a 2-core AVX2 CPU.
+# Fastest first, per bench/results/engine_throughput-*.md. With int8 dot products (VNNI)
+# torch's W8A8 through oneDNN leads at 32 sequences (2026-12-02: 1.5x the onnx int8 form,
+# which stays faster single-stream); on AVX2 alone (2026-11-29) ONNX Runtime's int8
+# kernels were the fastest INT8.
+CPU_CANDIDATES_INT8_DOT = [("torch", "int8"), ("onnx", "int8"), ("torch", "none")]
 CPU_CANDIDATES = [("onnx", "int8"), ("torch", "none")]
 # On CUDA only the PyTorch path is verified so far (TensorRT INT8 is opt-in: README).
 GPU_CANDIDATES = [("torch", "none")]
@@ -52,10 +59,13 @@ def _gate_key(bundle: ModelBundle, name: str, options: BackendOptions) -> str:
             options.provider,
             options.int8_lm_head,
             GRAPH_VERSION,  # a changed INT8 form must be gated afresh
+            TORCH_INT8_FORM,
+            CALIBRATION_TEXT.read_text(),
             torch.__version__,
             onnxruntime.__version__,
             platform.machine(),
             platform.processor(),
+            sorted(cpu_flags()),
             GATE_TEXT.read_text(),
         ]
     )
@@ -90,7 +100,7 @@ def choose_backend(
         opts = _with(options, quant)
         return BackendChoice(create_backend(name, bundle, opts), name, quant, "as requested")
     cuda = options.device.startswith("cuda")
-    candidates = GPU_CANDIDATES if cuda else CPU_CANDIDATES
+    candidates = GPU_CANDIDATES if cuda else cpu_candidates()
     if quantization != "auto":
         candidates = [c for c in candidates if c[1] == quantization] or [("torch", quantization)]
     refused = []
@@ -109,6 +119,11 @@ def choose_backend(
             return BackendChoice(backend, cand_name, quant, _reason(why, refused))
         refused.append(f"{cand_name} {quant}: failed the gates ({result.describe()})")
     raise RuntimeError("no backend could start: " + "; ".join(refused))
+
+
+def cpu_candidates(flags: frozenset[str] | None = None) -> list[tuple[str, str]]:
+    """The CPU candidates for this machine's instruction set, fastest first."""
+    return CPU_CANDIDATES_INT8_DOT if has_int8_dot_products(flags) else CPU_CANDIDATES
 
 
 def _with(options: BackendOptions, quantization: str) -> BackendOptions:

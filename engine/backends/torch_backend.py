@@ -11,8 +11,14 @@ from engine.backends.base import Backend, BackendOptions, BatchInputs, register_
 from engine.kernels import load_cpu_kernels
 from engine.model.attention import AttentionMetadata, PagedAttention, PagedKVCache, PrefillSpan
 from engine.model.llama import LlamaModel
+from engine.model.smoothing import CALIBRATION_TEXT, smooth_for_int8
 from engine.model_source import ModelBundle
 
+# Names the INT8 form in cached gate verdicts: a changed form must be gated afresh.
+TORCH_INT8_FORM = "w8a8-per-token-smoothquant-0.5-down-bf16-v1"
+# Projections the INT8 mode keeps in float (bf16 weights where oneDNN has native bf16):
+# int8 there too doubled the perplexity cost (engine/backends/README.md).
+INT8_FLOAT_LAYERS = ("down_proj",)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -43,7 +49,7 @@ class TorchBackend(Backend):
         if options.quantization == "int8":
             if self.device.type != "cpu" or self.dtype != torch.float32:
                 raise ValueError("backend torch's int8 mode is a CPU mode over float32 activations")
-            self.model.use_int8_weights(("lm_head",))
+            self._quantize_w8a8(bundle, options)
         elif options.weight_dtype == "bfloat16":
             if self.device.type != "cpu" or self.dtype != torch.float32:
                 raise ValueError("--weight-dtype bfloat16 is a CPU mode over float32 activations")
@@ -54,9 +60,18 @@ class TorchBackend(Backend):
             self.model.keep_transposed_weights()
         self.caches: list[PagedKVCache] = []
         self.native_decode = None
-        if cpu_float32 and options.native_kernels:
-            kernels = load_cpu_kernels()
-            self.native_decode = kernels.paged_decode_attention if kernels else None
+        kernels = load_cpu_kernels() if cpu_float32 and options.native_kernels else None
+        if kernels is not None:
+            self.native_decode = kernels.paged_decode_attention
+            self.model.use_native_kernels(kernels)
+
+    def _quantize_w8a8(self, bundle: ModelBundle, options: BackendOptions) -> None:
+        """SmoothQuant on the packaged calibration text, then W8A8 projections; the MLP's
+        down projection stays float32 (a measured choice: engine/backends/README.md)."""
+        ids = bundle.tokenizer.encode(CALIBRATION_TEXT.read_text())[: options.max_model_len]
+        smooth_for_int8(self.model, ids)
+        kernels = load_cpu_kernels() if options.native_kernels else None
+        self.model.use_w8a8_weights(INT8_FLOAT_LAYERS, kernels)
 
     def kv_bytes_per_block(self, block_size: int) -> int:
         cfg = self.bundle.config

@@ -15,7 +15,17 @@ from pathlib import Path
 from types import ModuleType
 
 log = logging.getLogger(__name__)
-_SOURCE = Path(__file__).with_name("paged_decode_attention.cpp")
+_HERE = Path(__file__).parent
+_SOURCES = [
+    _HERE / name
+    for name in (
+        "module.cpp",
+        "paged_decode_attention.cpp",
+        "int8_rows.cpp",
+        "rms_norm.cpp",
+        "silu_and_mul.cpp",
+    )
+]
 
 
 @cache
@@ -31,11 +41,12 @@ def load_cpu_kernels() -> ModuleType | None:
 
         return load(
             name="tessera_cpu_kernels",
-            sources=[str(_SOURCE)],
+            sources=[str(p) for p in _SOURCES],
+            extra_include_paths=[str(_HERE)],
             extra_cflags=["-O3", "-march=native", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )
     except Exception as e:  # any build failure means: use the PyTorch path
-        log.warning("native CPU kernels unavailable, using PyTorch attention: %s", e)
+        log.warning("native CPU kernels unavailable, using the PyTorch paths: %s", e)
         return None

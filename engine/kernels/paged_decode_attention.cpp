@@ -4,7 +4,8 @@
 // table: no gather copy, one pass over the keys for the scores and one over the
 // values. Parallel over sequences; the query heads sharing a KV head
 // (grouped-query attention) are served from the same K/V reads.
-#include <torch/extension.h>
+#include "kernels.h"
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -107,9 +108,4 @@ torch::Tensor paged_decode_attention(
     }
   });
   return out;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("paged_decode_attention", &paged_decode_attention,
-        "Decode attention over a paged KV pool (CPU, float32)");
 }

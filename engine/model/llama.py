@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,7 +15,6 @@ from engine.model_source.arch import LlamaArchConfig
 _CHUNKED_MIN_OUT = 16384
 _STORED_TRANSPOSE_MIN_ROWS = 256
 _CHUNK_ROWS = 4096
-_INT8_PACKED_MAX_ROWS = 1
 
 
 class Projection(nn.Linear):
@@ -33,6 +34,7 @@ class Projection(nn.Linear):
     weight_bf16: torch.Tensor | None
     weight_int8: torch.Tensor | None
     weight_int8_scales: torch.Tensor | None
+    int8_kernels: ModuleType | None
 
     def __init__(self, in_features: int, out_features: int, contiguous_output: bool = False):
         super().__init__(in_features, out_features, bias=False)
@@ -41,18 +43,25 @@ class Projection(nn.Linear):
         self.weight_bf16 = None
         self.weight_int8 = None
         self.weight_int8_scales = None
+        self.int8_kernels = None
         self.contiguous_output = contiguous_output
 
-    def keep_int8_copy(self) -> None:
-        """Keep int8 weights (symmetric, one scale per output channel), multiplied with float32
-        activations: the PyTorch backend's INT8 mode, a memory mode (a quarter of the
-        weight bytes), not a speed one. Quantizing activations too (FBGEMM's dynamic linear,
-        one scale per tensor) cost 19 % perplexity here (engine/backends/README.md)."""
+    def keep_w8a8_copy(self, kernels: ModuleType | None) -> None:
+        """Multiply as W8A8 and free the float weight: int8 weights (one symmetric scale per
+        output channel) times activations quantized per row on the fly (one scale per
+        token), accumulated in int32 by ``torch._int_mm`` (oneDNN; VNNI dot products where
+        the CPU has them). Smooth the model first (engine.model.smoothing): per-token
+        scales alone cost 4.8 % perplexity (engine/backends/README.md). ``kernels`` (the
+        compiled engine.kernels, or None) does the per-row quantize and rescale in one
+        pass each."""
         w = self.weight.detach().float()
         scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0  # [out]
-        self.weight_int8 = torch.round(w / scales[:, None]).to(torch.int8)  # [out, in]
+        # [in, out], a transposed view of [out, in]: oneDNN's fastest int8 operand here.
+        self.weight_int8 = torch.round(w / scales[:, None]).to(torch.int8).t()
         self.weight_int8_scales = scales
+        self.int8_kernels = kernels
         self.weight_t = self.weight_bf16 = None
+        self.weight = nn.Parameter(torch.empty(0), requires_grad=False)
 
     def keep_bfloat16_copy(self) -> None:
         """Multiply with a bfloat16 copy of W (float32 activations in and out).
@@ -72,20 +81,24 @@ class Projection(nn.Linear):
         if self.out_features >= self.in_features:
             self.weight_t = self.weight.detach().t().contiguous()
 
-    def keep_onednn_copy(self, drop_plain: bool) -> None:
-        """Multiply through oneDNN with W reordered once into its blocked layout (CPU,
-        float32). ``drop_plain`` frees the [out, in] weight, which nothing else reads then
-        (a projection tied to the embedding table must keep it)."""
-        self.weight_packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), None)
+    def keep_onednn_copy(self, drop_plain: bool, dtype: torch.dtype = torch.float32) -> None:
+        """Multiply through oneDNN with W reordered once into its blocked layout (CPU;
+        float32, or bfloat16 weights and inputs with float32 out). ``drop_plain`` frees the
+        [out, in] weight, which nothing else reads then (a projection tied to the embedding
+        table must keep it)."""
+        w = self.weight.detach().to(dtype)
+        self.weight_packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
         self.weight_t = None
         if drop_plain:
             self.weight = nn.Parameter(torch.empty(0), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [rows, in] -> [rows, out]
         if self.weight_packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(
-                x.contiguous(), self.weight_packed, None, "none", [None], ""
+            packed = self.weight_packed
+            out = torch.ops.mkldnn._linear_pointwise(
+                x.to(packed.dtype).contiguous(), packed, None, "none", [None], ""
             )
+            return out.to(x.dtype)
         if torch.onnx.is_in_onnx_export():
             # One MatMul with a constant [in, out] weight: what ONNX Runtime's quantizers
             # and TensorRT recognise (the CPU orientation tricks below are eager-only).
@@ -120,13 +133,16 @@ class Projection(nn.Linear):
 
     def _int8(self, x: torch.Tensor) -> torch.Tensor:
         assert self.weight_int8 is not None and self.weight_int8_scales is not None
-        if x.shape[0] <= _INT8_PACKED_MAX_ROWS:
-            # ATen's int8-weight GEMV reads the int8 bytes directly.
-            return torch._weight_int8pack_mm(x, self.weight_int8, self.weight_int8_scales)
-        # For many rows it is far slower than dequantizing once and one float GEMM
-        # (measured 40x on a 512-token prefill).
-        w = self.weight_int8.to(x.dtype) * self.weight_int8_scales[:, None].to(x.dtype)
-        return F.linear(x, w)
+        x = x.contiguous()
+        kernels = self.int8_kernels
+        if kernels is not None:
+            xq, row_scales = kernels.quantize_rows(x)  # [rows, in] int8, [rows, 1]
+            acc = torch._int_mm(xq, self.weight_int8)  # [rows, out] int32
+            return kernels.dequantize_rows(acc, row_scales, self.weight_int8_scales)
+        row_scales = x.abs().amax(1, keepdim=True).clamp(min=1e-8) / 127.0
+        xq = torch.round(x / row_scales).to(torch.int8)
+        acc = torch._int_mm(xq, self.weight_int8)
+        return acc.float() * (row_scales * self.weight_int8_scales)
 
     def _chunked(self, x: torch.Tensor) -> torch.Tensor:
         # A vocabulary-sized weight is multiplied in row slices that stay in cache
@@ -139,6 +155,11 @@ class Projection(nn.Linear):
         return out.t().contiguous()
 
 
+def _native_bf16() -> bool:
+    """Whether oneDNN runs bf16 matmuls natively on this CPU (AVX-512 BF16, AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm (one fused kernel; float32 statistics)."""
 
@@ -146,10 +167,13 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size), requires_grad=False)
         self.eps = eps
+        self.kernels: ModuleType | None = None  # engine.kernels, for float32 rows on CPU
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.onnx.is_in_onnx_export():  # spelled out: the exporter has no rms_norm op
             return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        if self.kernels is not None and x.dtype == torch.float32 and x.device.type == "cpu":
+            return self.kernels.rms_norm(x, self.weight, self.eps)
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
@@ -171,6 +195,7 @@ class DecoderLayer(nn.Module):
         self.down_proj = Projection(cfg.intermediate_size, cfg.hidden_size)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.kernels: ModuleType | None = None  # engine.kernels, for the CPU float32 SwiGLU
 
     def forward(
         self,
@@ -191,8 +216,14 @@ class DecoderLayer(nn.Module):
         attn = attention(self.index, q, k, v)  # [n, heads, head_dim]
         h = h + self.o_proj(attn.reshape(-1, self.num_heads * self.head_dim))
         x = self.post_attention_layernorm(h)
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
-        return h + self.down_proj(F.silu(gate) * up)
+        return h + self.down_proj(self._swiglu(self.gate_up_proj(x)))
+
+    def _swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:  # [n, 2 * inter] -> [n, inter]
+        kernels = None if torch.onnx.is_in_onnx_export() else self.kernels
+        if kernels is not None and gate_up.dtype == torch.float32 and gate_up.device.type == "cpu":
+            return kernels.silu_and_mul(gate_up)
+        gate, up = gate_up.split(self.intermediate_size, dim=-1)
+        return F.silu(gate) * up
 
 
 class LlamaModel(nn.Module):
@@ -259,13 +290,29 @@ class LlamaModel(nn.Module):
             if isinstance(module, Projection):
                 module.keep_bfloat16_copy()
 
-    def use_int8_weights(self, float_layers: tuple[str, ...]) -> None:
-        """Matmuls read int8 weights (per-channel scales), except the projections named in
-        ``float_layers`` (a measured choice: engine/backends/README.md); norms, attention
-        and KV stay float."""
+    def use_w8a8_weights(self, float_layers: tuple[str, ...], kernels: ModuleType | None) -> None:
+        """W8A8 matmuls (see Projection.keep_w8a8_copy) except the projections named in
+        ``float_layers``, which stay float32 (through oneDNN where torch has it): a measured
+        choice, engine/backends/README.md. Norms, attention and KV stay float32."""
+        onednn = torch.backends.mkldnn.is_available()
+        # Where oneDNN has native bf16 dot products, the float layers read bf16 weights:
+        # half the bytes of float32 (measured: engine/backends/README.md).
+        dtype = torch.bfloat16 if onednn and _native_bf16() else torch.float32
+        shared = self.embed_tokens.weight
         for name, module in self.named_modules():
-            if isinstance(module, Projection) and not any(t in name for t in float_layers):
-                module.keep_int8_copy()
+            if not isinstance(module, Projection):
+                continue
+            if not any(t in name for t in float_layers):
+                module.keep_w8a8_copy(kernels)
+            elif onednn:
+                module.keep_onednn_copy(drop_plain=module.weight is not shared, dtype=dtype)
+
+    def use_native_kernels(self, kernels: ModuleType) -> None:
+        """RMSNorm and SwiGLU through the compiled one-pass kernels (engine.kernels), for
+        CPU float32 activations."""
+        for module in self.modules():
+            if isinstance(module, (RMSNorm, DecoderLayer)):
+                module.kernels = kernels
 
     def use_onednn_weights(self) -> None:
         """CPU float32 matmuls through oneDNN's blocked weight layout (see Projection); the

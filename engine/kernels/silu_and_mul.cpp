@@ -1,0 +1,28 @@
+// SwiGLU's silu(gate) * up in one pass over the fused gate/up projection's output: as two
+// torch ops it read and wrote [rows, 2 * inter] three times (about 85 us a layer at 32 rows).
+#include "kernels.h"
+
+#include <ATen/Parallel.h>
+
+#include <cmath>
+
+torch::Tensor silu_and_mul(torch::Tensor gate_up) {
+  TORCH_CHECK(gate_up.scalar_type() == torch::kFloat32 && gate_up.dim() == 2 &&
+                  gate_up.size(1) % 2 == 0,
+              "gate_up must be [rows, 2 * inter] float32");
+  gate_up = gate_up.contiguous();
+  const int64_t rows = gate_up.size(0), inter = gate_up.size(1) / 2;
+  auto out = torch::empty({rows, inter}, gate_up.options());
+  const float* gp = gate_up.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, rows, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* gate = gp + r * 2 * inter;
+      const float* up = gate + inter;
+      float* o = op + r * inter;
+#pragma omp simd
+      for (int64_t i = 0; i < inter; ++i) o[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
+    }
+  });
+  return out;
+}
