@@ -285,9 +285,17 @@ class LlamaModel(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
 
     def use_bfloat16_weights(self) -> None:
-        """Matmuls read bfloat16 weights; norms, attention and KV stay float32."""
+        """Matmuls read bfloat16 weights; norms, attention and KV stay float32. Where oneDNN
+        has native bf16 the weights are packed in its blocked layout (the plain ones freed,
+        but the embedding table's); elsewhere ATen's bf16 GEMM reads a plain copy."""
+        packed = torch.backends.mkldnn.is_available() and _native_bf16()
+        shared = self.embed_tokens.weight
         for module in self.modules():
-            if isinstance(module, Projection):
+            if isinstance(module, Projection) and packed:
+                module.keep_onednn_copy(
+                    drop_plain=module.weight is not shared, dtype=torch.bfloat16
+                )
+            elif isinstance(module, Projection):
                 module.keep_bfloat16_copy()
 
     def use_w8a8_weights(self, float_layers: tuple[str, ...], kernels: ModuleType | None) -> None:
