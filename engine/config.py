@@ -106,7 +106,8 @@ class BackendConfig(BaseModel):
     )
     quantization: Literal["auto", "none", "int8"] = Field(
         "auto",
-        description="int8 weights (every backend has the mode) or none; auto goes with "
+        description="int8 (every backend has the mode: W8A8 for torch, engine/backends/"
+        "README.md) or none; auto goes with "
         "--backend auto's choice (none for an explicit backend)",
     )
     onnx_provider: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
