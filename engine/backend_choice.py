@@ -21,17 +21,16 @@ from engine.accuracy import GATE_TEXT, GateResult, compare, score_text
 from engine.backends import Backend, BackendOptions, create_backend
 from engine.backends.onnx_graph import GRAPH_VERSION, weights_fingerprint
 from engine.backends.torch_backend import TORCH_INT8_FORM
-from engine.cpu_features import cpu_flags, has_int8_dot_products
+from engine.cpu_features import cpu_flags
 from engine.model.smoothing import CALIBRATION_TEXT
 from engine.model_source import ModelBundle
 
 log = logging.getLogger(__name__)
 
-# Fastest first, per bench/results/engine_throughput-*.md. With int8 dot products (VNNI)
-# torch's W8A8 through oneDNN leads at 32 sequences (2026-12-02: 1.5x the onnx int8 form,
-# which stays faster single-stream); on AVX2 alone (2026-11-29) ONNX Runtime's int8
-# kernels were the fastest INT8.
-CPU_CANDIDATES_INT8_DOT = [("torch", "int8"), ("onnx", "int8"), ("torch", "none")]
+# Fastest first, per bench/results/engine_throughput-*.md. torch's W8A8 is faster at 32
+# sequences on CPUs with VNNI (2026-12-02: 1.45x onnx int8) but not the default: its greedy
+# answer to "What is the capital of France?" flips at a 0.08-nat near-tie to nonsense,
+# where onnx int8 keeps the float model's (engine/backends/README.md).
 CPU_CANDIDATES = [("onnx", "int8"), ("torch", "none")]
 # On CUDA only the PyTorch path is verified so far (TensorRT INT8 is opt-in: README).
 GPU_CANDIDATES = [("torch", "none")]
@@ -100,7 +99,7 @@ def choose_backend(
         opts = _with(options, quant)
         return BackendChoice(create_backend(name, bundle, opts), name, quant, "as requested")
     cuda = options.device.startswith("cuda")
-    candidates = GPU_CANDIDATES if cuda else cpu_candidates()
+    candidates = GPU_CANDIDATES if cuda else CPU_CANDIDATES
     if quantization != "auto":
         candidates = [c for c in candidates if c[1] == quantization] or [("torch", quantization)]
     refused = []
@@ -119,11 +118,6 @@ def choose_backend(
             return BackendChoice(backend, cand_name, quant, _reason(why, refused))
         refused.append(f"{cand_name} {quant}: failed the gates ({result.describe()})")
     raise RuntimeError("no backend could start: " + "; ".join(refused))
-
-
-def cpu_candidates(flags: frozenset[str] | None = None) -> list[tuple[str, str]]:
-    """The CPU candidates for this machine's instruction set, fastest first."""
-    return CPU_CANDIDATES_INT8_DOT if has_int8_dot_products(flags) else CPU_CANDIDATES
 
 
 def _with(options: BackendOptions, quantization: str) -> BackendOptions:

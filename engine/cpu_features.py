@@ -5,9 +5,6 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-# Any of these gives int8 dot products in one instruction (oneDNN's fast int8 path).
-INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
-
 
 @cache
 def cpu_flags() -> frozenset[str]:
@@ -19,8 +16,3 @@ def cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
-
-
-def has_int8_dot_products(flags: frozenset[str] | None = None) -> bool:
-    """Whether the CPU multiplies int8 vectors natively (VNNI or AMX)."""
-    return bool((cpu_flags() if flags is None else flags) & INT8_DOT_FLAGS)

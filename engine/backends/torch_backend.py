@@ -15,7 +15,7 @@ from engine.model.smoothing import CALIBRATION_TEXT, smooth_for_int8
 from engine.model_source import ModelBundle
 
 # Names the INT8 form in cached gate verdicts: a changed form must be gated afresh.
-TORCH_INT8_FORM = "w8a8-per-token-smoothquant-0.5-down-bf16-v1"
+TORCH_INT8_FORM = "w8a8-per-token-smoothquant-0.5-down-bf16-unsmoothed-v2"
 # Projections the INT8 mode keeps in float (bf16 weights where oneDNN has native bf16):
 # int8 there too doubled the perplexity cost (engine/backends/README.md).
 INT8_FLOAT_LAYERS = ("down_proj",)
@@ -69,7 +69,7 @@ class TorchBackend(Backend):
         """SmoothQuant on the packaged calibration text, then W8A8 projections; the MLP's
         down projection stays float32 (a measured choice: engine/backends/README.md)."""
         ids = bundle.tokenizer.encode(CALIBRATION_TEXT.read_text())[: options.max_model_len]
-        smooth_for_int8(self.model, ids)
+        smooth_for_int8(self.model, ids, skip=INT8_FLOAT_LAYERS)
         kernels = load_cpu_kernels() if options.native_kernels else None
         self.model.use_w8a8_weights(INT8_FLOAT_LAYERS, kernels)
 

@@ -7,7 +7,8 @@ s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)). Each division is folded into the o
 makes the activation, so the model runs no extra op:
 
 - qkv and gate/up inputs: the RMSNorm weight before them;
-- down input, silu(gate) * up: the up rows of gate_up (the product is linear in up);
+- down input, silu(gate) * up: the up rows of gate_up (the product is linear in up),
+  unless down stays float (the torch backend's choice);
 - o input, the attention output: the V rows of qkv (attention is linear in V), one
   factor per KV-head channel, shared by the query heads of its group;
 - LM head input: the final norm (the head must then be untied from the embedding).
@@ -78,8 +79,14 @@ def _factor(act_max: torch.Tensor, weight_max: torch.Tensor, alpha: float) -> to
 
 
 @torch.no_grad()
-def fold_smoothing(model: LlamaModel, stats: dict[str, torch.Tensor], alpha: float) -> None:
-    """Fold SmoothQuant factors into the float model in place (its outputs do not change)."""
+def fold_smoothing(
+    model: LlamaModel, stats: dict[str, torch.Tensor], alpha: float, skip: tuple[str, ...] = ()
+) -> None:
+    """Fold SmoothQuant factors into the float model in place (its outputs do not change).
+
+    Projections named in ``skip`` (the ones that stay float) keep their inputs as they are:
+    smoothed, the down projection's input once turned a greedy chat answer to nonsense in
+    bf16 although the gates passed (engine/backends/README.md)."""
     cfg = model.cfg
     heads, kv_heads, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     group, inter = heads // kv_heads, cfg.intermediate_size
@@ -91,18 +98,23 @@ def fold_smoothing(model: LlamaModel, stats: dict[str, torch.Tensor], alpha: flo
             (layer.input_layernorm, layer.qkv_proj, "qkv_proj"),
             (layer.post_attention_layernorm, layer.gate_up_proj, "gate_up_proj"),
         ):
-            s = _factor(stats[p + key], proj.weight.abs().amax(0), alpha)
-            norm.weight.div_(s)
-            proj.weight.mul_(s)
-        s = _factor(stats[p + "down_proj"], layer.down_proj.weight.abs().amax(0), alpha)
-        layer.gate_up_proj.weight[inter:].div_(s[:, None])
-        layer.down_proj.weight.mul_(s)
-        # o's input channel (h, d) reads V head h // group: one factor per (kv head, d).
-        act = stats[p + "o_proj"].view(kv_heads, group, hd).amax(1)  # [kv_heads, hd]
-        wmax = layer.o_proj.weight.abs().amax(0).view(kv_heads, group, hd).amax(1)
-        sv = _factor(act, wmax, alpha)  # [kv_heads, hd]
-        layer.qkv_proj.weight[v_start:].div_(sv.reshape(-1, 1))
-        layer.o_proj.weight.mul_(sv[:, None, :].expand(kv_heads, group, hd).reshape(-1))
+            if key not in skip:
+                s = _factor(stats[p + key], proj.weight.abs().amax(0), alpha)
+                norm.weight.div_(s)
+                proj.weight.mul_(s)
+        if "down_proj" not in skip:
+            s = _factor(stats[p + "down_proj"], layer.down_proj.weight.abs().amax(0), alpha)
+            layer.gate_up_proj.weight[inter:].div_(s[:, None])
+            layer.down_proj.weight.mul_(s)
+        if "o_proj" not in skip:
+            # o's input channel (h, d) reads V head h // group: one factor per (kv head, d).
+            act = stats[p + "o_proj"].view(kv_heads, group, hd).amax(1)  # [kv_heads, hd]
+            wmax = layer.o_proj.weight.abs().amax(0).view(kv_heads, group, hd).amax(1)
+            sv = _factor(act, wmax, alpha)  # [kv_heads, hd]
+            layer.qkv_proj.weight[v_start:].div_(sv.reshape(-1, 1))
+            layer.o_proj.weight.mul_(sv[:, None, :].expand(kv_heads, group, hd).reshape(-1))
+    if "lm_head" in skip:
+        return
     if model.lm_head.weight is model.embed_tokens.weight:
         model.lm_head.weight = nn.Parameter(model.lm_head.weight.clone(), requires_grad=False)
     s = _factor(stats["lm_head"], model.lm_head.weight.abs().amax(0), alpha)
@@ -110,6 +122,11 @@ def fold_smoothing(model: LlamaModel, stats: dict[str, torch.Tensor], alpha: flo
     model.lm_head.weight.mul_(s)
 
 
-def smooth_for_int8(model: LlamaModel, token_ids: list[int], alpha: float = DEFAULT_ALPHA) -> None:
-    """Calibrate on ``token_ids`` and fold the factors in (see the module docstring)."""
-    fold_smoothing(model, input_absmax(model, token_ids), alpha)
+def smooth_for_int8(
+    model: LlamaModel,
+    token_ids: list[int],
+    alpha: float = DEFAULT_ALPHA,
+    skip: tuple[str, ...] = (),
+) -> None:
+    """Calibrate on ``token_ids`` and fold the factors into every projection but ``skip``."""
+    fold_smoothing(model, input_absmax(model, token_ids), alpha, skip)

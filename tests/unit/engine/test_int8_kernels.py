@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.backend_choice import CPU_CANDIDATES, CPU_CANDIDATES_INT8_DOT, cpu_candidates
 from engine.kernels import load_cpu_kernels
 from engine.model.llama import LlamaModel, Projection
 from engine.model.smoothing import fold_smoothing, input_absmax
@@ -108,7 +107,15 @@ def test_smoothing_folds_without_changing_the_float_model() -> None:
     torch.testing.assert_close(_causal_logits(model, ids), before, rtol=1e-4, atol=1e-4)
 
 
-def test_cpu_candidates_follow_the_instruction_set() -> None:
-    assert cpu_candidates(frozenset({"avx2", "avx512_vnni"}))[0] == ("torch", "int8")
-    assert cpu_candidates(frozenset({"avx2", "fma"})) == CPU_CANDIDATES
-    assert CPU_CANDIDATES_INT8_DOT[-1] == ("torch", "none"), "float stays the last resort"
+def test_smoothing_leaves_skipped_projections_inputs_alone() -> None:
+    bundle = load_model("dummy:tiny")
+    model = LlamaModel(bundle.config, max_positions=256)
+    model.load_hf_weights(bundle.weights)
+    ids = list(range(100, 140))
+    before = _causal_logits(model, ids)
+    down = [layer.down_proj.weight.clone() for layer in model.layers]
+    fold_smoothing(model, input_absmax(model, ids), alpha=0.5, skip=("down_proj",))
+    assert all(
+        torch.equal(layer.down_proj.weight, w) for layer, w in zip(model.layers, down, strict=True)
+    )
+    torch.testing.assert_close(_causal_logits(model, ids), before, rtol=1e-4, atol=1e-4)
