@@ -21,7 +21,7 @@ from engine.accuracy import GATE_TEXT, GateResult, compare, score_text
 from engine.backends import Backend, BackendOptions, create_backend
 from engine.backends.onnx_graph import GRAPH_VERSION, weights_fingerprint
 from engine.backends.torch_backend import TORCH_INT8_FORM
-from engine.cpu_features import cpu_flags
+from engine.cpu_features import cpu_id
 from engine.model.smoothing import CALIBRATION_TEXT
 from engine.model_source import ModelBundle
 
@@ -64,7 +64,7 @@ def _gate_key(bundle: ModelBundle, name: str, options: BackendOptions) -> str:
             onnxruntime.__version__,
             platform.machine(),
             platform.processor(),
-            sorted(cpu_flags()),
+            cpu_id(),
             GATE_TEXT.read_text(),
         ]
     )

@@ -1,18 +1,21 @@
-"""What this CPU can do that decides which kernels are fast: its instruction-set flags."""
+"""Which CPU this is, as far as kernel speed and numerics go: model name and ISA flags."""
 
 from __future__ import annotations
 
+import hashlib
+import platform
 from functools import cache
 from pathlib import Path
 
 
 @cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's flags from /proc/cpuinfo (empty where there is none to read)."""
+def cpu_id() -> str:
+    """A short identity of this CPU's model and instruction-set flags, for per-machine
+    artifacts and cached gate verdicts."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
+        text = Path("/proc/cpuinfo").read_text()
+        model = next((ln for ln in text.splitlines() if ln.startswith("model name")), "")
+        flags = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
     except OSError:
-        pass
-    return frozenset()
+        model, flags = platform.processor(), ""
+    return hashlib.sha256((model + flags).encode()).hexdigest()[:10]

@@ -17,6 +17,7 @@ import torch
 
 from engine.backends.base import Backend, BackendOptions, BatchInputs, register_backend
 from engine.backends.onnx_graph import GraphOptions, build_model_file
+from engine.cpu_features import cpu_id
 from engine.model_source import ModelBundle
 from engine.model_source.cache import default_cache_dir
 
@@ -124,7 +125,7 @@ class OnnxBackend(Backend):
         if ep == "CPUExecutionProvider":
             # The optimized graph is cached beside the model, per machine and level: it may
             # hold kernels laid out for this CPU, so it is not shared across machines.
-            machine = f"{platform.machine()}-{_cpu_id()}"
+            machine = f"{platform.machine()}-{cpu_id()}"
             optimized = model_path.with_name(f"optimized-{level}-{machine}.onnx")
             if optimized.is_file():
                 model_path = optimized
@@ -254,16 +255,3 @@ class TensorRTBackend(OnnxBackend):
     (INT8 from the calibrated QDQ graph). Verified only on a GPU machine with TensorRT."""
 
     forced_provider = "tensorrt"
-
-
-def _cpu_id() -> str:
-    """A short identity of this CPU's model, for per-machine artifacts."""
-    import hashlib
-
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        model = next((ln for ln in text.splitlines() if ln.startswith("model name")), "")
-        flags = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    except OSError:
-        model, flags = platform.processor(), ""
-    return hashlib.sha256((model + flags).encode()).hexdigest()[:10]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -46,10 +47,11 @@ class TorchBackend(Backend):
         self.model.rotary.float()
         weight_bytes = cfg.num_parameters * self.dtype.itemsize
         cpu_float32 = self.device.type == "cpu" and self.dtype == torch.float32
+        kernels = load_cpu_kernels() if cpu_float32 and options.native_kernels else None
         if options.quantization == "int8":
-            if self.device.type != "cpu" or self.dtype != torch.float32:
+            if not cpu_float32:
                 raise ValueError("backend torch's int8 mode is a CPU mode over float32 activations")
-            self._quantize_w8a8(bundle, options)
+            self._quantize_w8a8(bundle, options, kernels)
         elif options.weight_dtype == "bfloat16":
             if self.device.type != "cpu" or self.dtype != torch.float32:
                 raise ValueError("--weight-dtype bfloat16 is a CPU mode over float32 activations")
@@ -60,17 +62,17 @@ class TorchBackend(Backend):
             self.model.keep_transposed_weights()
         self.caches: list[PagedKVCache] = []
         self.native_decode = None
-        kernels = load_cpu_kernels() if cpu_float32 and options.native_kernels else None
         if kernels is not None:
             self.native_decode = kernels.paged_decode_attention
             self.model.use_native_kernels(kernels)
 
-    def _quantize_w8a8(self, bundle: ModelBundle, options: BackendOptions) -> None:
+    def _quantize_w8a8(
+        self, bundle: ModelBundle, options: BackendOptions, kernels: ModuleType | None
+    ) -> None:
         """SmoothQuant on the packaged calibration text, then W8A8 projections; the MLP's
-        down projection stays float32 (a measured choice: engine/backends/README.md)."""
+        down projection stays float (bf16 weights where native; engine/backends/README.md)."""
         ids = bundle.tokenizer.encode(CALIBRATION_TEXT.read_text())[: options.max_model_len]
         smooth_for_int8(self.model, ids, skip=INT8_FLOAT_LAYERS)
-        kernels = load_cpu_kernels() if options.native_kernels else None
         self.model.use_w8a8_weights(INT8_FLOAT_LAYERS, kernels)
 
     def kv_bytes_per_block(self, block_size: int) -> int:

@@ -133,7 +133,6 @@ class Projection(nn.Linear):
 
     def _int8(self, x: torch.Tensor) -> torch.Tensor:
         assert self.weight_int8 is not None and self.weight_int8_scales is not None
-        x = x.contiguous()
         kernels = self.int8_kernels
         if kernels is not None:
             xq, row_scales = kernels.quantize_rows(x)  # [rows, in] int8, [rows, 1]
