@@ -21,17 +21,16 @@ from engine.accuracy import GATE_TEXT, GateResult, compare, score_text
 from engine.backends import Backend, BackendOptions, create_backend
 from engine.backends.onnx_graph import GRAPH_VERSION, weights_fingerprint
 from engine.backends.torch_backend import TORCH_INT8_FORM
-from engine.cpu_features import cpu_id
-from engine.model.smoothing import CALIBRATION_TEXT
+from engine.cpu_features import cpu_id, has_avx2
 from engine.model_source import ModelBundle
 
 log = logging.getLogger(__name__)
 
-# Fastest first, per bench/results/engine_throughput-*.md. torch's W8A8 is faster at 32
-# sequences on CPUs with VNNI (2026-12-02: 1.45x onnx int8) but not the default: its greedy
-# answer to "What is the capital of France?" flips at a 0.08-nat near-tie to nonsense,
-# where onnx int8 keeps the float model's (engine/backends/README.md).
-CPU_CANDIDATES = [("onnx", "int8"), ("torch", "none")]
+# Fastest first, per bench/results/engine_throughput-*.md: on an AVX2 CPU torch int8 (its
+# int8 matmul kernel, engine/kernels/int8_linear.cpp) leads onnx int8 at 32 sequences and
+# in single-stream decode (2026-12-02); without AVX2 that kernel is a portable loop.
+CPU_CANDIDATES = [("torch", "int8"), ("onnx", "int8"), ("torch", "none")]
+CPU_CANDIDATES_WITHOUT_AVX2 = [("onnx", "int8"), ("torch", "none")]
 # On CUDA only the PyTorch path is verified so far (TensorRT INT8 is opt-in: README).
 GPU_CANDIDATES = [("torch", "none")]
 
@@ -59,7 +58,6 @@ def _gate_key(bundle: ModelBundle, name: str, options: BackendOptions) -> str:
             options.int8_lm_head,
             GRAPH_VERSION,  # a changed INT8 form must be gated afresh
             TORCH_INT8_FORM,
-            CALIBRATION_TEXT.read_text(),
             torch.__version__,
             onnxruntime.__version__,
             platform.machine(),
@@ -99,7 +97,10 @@ def choose_backend(
         opts = _with(options, quant)
         return BackendChoice(create_backend(name, bundle, opts), name, quant, "as requested")
     cuda = options.device.startswith("cuda")
-    candidates = GPU_CANDIDATES if cuda else CPU_CANDIDATES
+    if cuda:
+        candidates = GPU_CANDIDATES
+    else:
+        candidates = CPU_CANDIDATES if has_avx2() else CPU_CANDIDATES_WITHOUT_AVX2
     if quantization != "auto":
         candidates = [c for c in candidates if c[1] == quantization] or [("torch", quantization)]
     refused = []

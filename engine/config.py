@@ -106,8 +106,8 @@ class BackendConfig(BaseModel):
     )
     quantization: Literal["auto", "none", "int8"] = Field(
         "auto",
-        description="int8 (every backend has the mode: W8A8 for torch, engine/backends/"
-        "README.md) or none; auto goes with "
+        description="int8 (every backend has the mode: int8 weights x int8 activations through "
+        "Tessera's CPU kernel for torch, engine/backends/README.md) or none; auto goes with "
         "--backend auto's choice (none for an explicit backend)",
     )
     onnx_provider: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
@@ -135,8 +135,9 @@ class BackendConfig(BaseModel):
     )
     native_kernels: bool = Field(
         True,
-        description="compile Tessera's C++ paged decode-attention kernel on CPU (PyTorch "
-        "attention when no compiler is present)",
+        description="compile Tessera's C++ CPU kernels on first use (paged decode attention, "
+        "RMSNorm, SwiGLU, the int8 matmul of --backend torch --quantization int8); without "
+        "them, PyTorch ops, and no torch int8 mode",
     )
 
 

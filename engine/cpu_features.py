@@ -9,13 +9,26 @@ from pathlib import Path
 
 
 @cache
+def _cpuinfo() -> tuple[str, str]:
+    """This CPU's model name and flags lines from /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor(), ""
+    model = next((ln for ln in text.splitlines() if ln.startswith("model name")), "")
+    flags = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return model, flags
+
+
+def has_avx2() -> bool:
+    """Whether the CPU has AVX2, which the int8 matmul kernel (engine/kernels) is written for;
+    elsewhere it compiles to a slow portable loop."""
+    return " avx2" in _cpuinfo()[1]
+
+
+@cache
 def cpu_id() -> str:
     """A short identity of this CPU's model and instruction-set flags, for per-machine
     artifacts and cached gate verdicts."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        model = next((ln for ln in text.splitlines() if ln.startswith("model name")), "")
-        flags = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    except OSError:
-        model, flags = platform.processor(), ""
+    model, flags = _cpuinfo()
     return hashlib.sha256((model + flags).encode()).hexdigest()[:10]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from types import ModuleType
 
 import numpy as np
 import torch
@@ -12,14 +11,10 @@ from engine.backends.base import Backend, BackendOptions, BatchInputs, register_
 from engine.kernels import load_cpu_kernels
 from engine.model.attention import AttentionMetadata, PagedAttention, PagedKVCache, PrefillSpan
 from engine.model.llama import LlamaModel
-from engine.model.smoothing import CALIBRATION_TEXT, smooth_for_int8
 from engine.model_source import ModelBundle
 
 # Names the INT8 form in cached gate verdicts: a changed form must be gated afresh.
-TORCH_INT8_FORM = "w8a8-per-token-smoothquant-0.5-down-bf16-unsmoothed-v2"
-# Projections the INT8 mode keeps in float (bf16 weights where oneDNN has native bf16):
-# int8 there too doubled the perplexity cost (engine/backends/README.md).
-INT8_FLOAT_LAYERS = ("down_proj",)
+TORCH_INT8_FORM = "w8a8-activation-blocks-64-v3"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -51,7 +46,12 @@ class TorchBackend(Backend):
         if options.quantization == "int8":
             if not cpu_float32:
                 raise ValueError("backend torch's int8 mode is a CPU mode over float32 activations")
-            self._quantize_w8a8(bundle, options, kernels)
+            if kernels is None:
+                raise RuntimeError(
+                    "backend torch's int8 mode runs on the native CPU kernels (engine/kernels), "
+                    "which are turned off (--native-kernels false) or could not be built here"
+                )
+            self.model.use_int8_weights(kernels)
         elif options.weight_dtype == "bfloat16":
             if self.device.type != "cpu" or self.dtype != torch.float32:
                 raise ValueError("--weight-dtype bfloat16 is a CPU mode over float32 activations")
@@ -65,15 +65,6 @@ class TorchBackend(Backend):
         if kernels is not None:
             self.native_decode = kernels.paged_decode_attention
             self.model.use_native_kernels(kernels)
-
-    def _quantize_w8a8(
-        self, bundle: ModelBundle, options: BackendOptions, kernels: ModuleType | None
-    ) -> None:
-        """SmoothQuant on the packaged calibration text, then W8A8 projections; the MLP's
-        down projection stays float (bf16 weights where native; engine/backends/README.md)."""
-        ids = bundle.tokenizer.encode(CALIBRATION_TEXT.read_text())[: options.max_model_len]
-        smooth_for_int8(self.model, ids, skip=INT8_FLOAT_LAYERS)
-        self.model.use_w8a8_weights(INT8_FLOAT_LAYERS, kernels)
 
     def kv_bytes_per_block(self, block_size: int) -> int:
         cfg = self.bundle.config

@@ -21,7 +21,7 @@ _SOURCES = [
     for name in (
         "module.cpp",
         "paged_decode_attention.cpp",
-        "int8_rows.cpp",
+        "int8_linear.cpp",
         "rms_norm.cpp",
         "silu_and_mul.cpp",
     )

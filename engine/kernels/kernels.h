@@ -3,19 +3,18 @@
 
 #include <torch/extension.h>
 
-#include <tuple>
-
 // Decode attention over a paged KV pool (float32); paged_decode_attention.cpp.
 torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache,
                                      torch::Tensor v_cache, torch::Tensor block_tables,
                                      torch::Tensor context_lens, double scale);
 
-// Per-row symmetric int8 quantization of float32 activations; int8_rows.cpp.
-std::tuple<torch::Tensor, torch::Tensor> quantize_rows(torch::Tensor x);
+// An int8 weight [n, k] (one scale per output channel) in int8_linear's layout;
+// int8_linear.cpp.
+torch::Tensor pack_int8_weight(torch::Tensor w);
 
-// int32 products back to float32 with one scale per row and one per column; int8_rows.cpp.
-torch::Tensor dequantize_rows(torch::Tensor acc, torch::Tensor row_scales,
-                              torch::Tensor col_scales);
+// float32 rows times a packed int8 weight, the rows quantized to int8 on the fly (one scale
+// per row and block of 32 input channels), int32 dot products; int8_linear.cpp.
+torch::Tensor int8_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor w_scales);
 
 // RMSNorm over the last dimension of float32 rows; rms_norm.cpp.
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps);

@@ -4,10 +4,11 @@
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention,
         "Decode attention over a paged KV pool (CPU, float32)");
-  m.def("quantize_rows", &quantize_rows,
-        "x [rows, k] float32 -> (int8 [rows, k], scales [rows, 1]), x ~= q * scale");
-  m.def("dequantize_rows", &dequantize_rows,
-        "acc [rows, n] int32 * row_scales [rows, 1] * col_scales [n] -> float32");
+  m.def("pack_int8_weight", &pack_int8_weight,
+        "w [n, k] int8 -> the packed layout int8_linear reads");
+  m.def("int8_linear", &int8_linear,
+        "x [rows, k] float32 @ (packed int8 weight * w_scales [n]).T -> [rows, n] float32, "
+        "x quantized to int8 per row and block of 32 channels");
   m.def("silu_and_mul", &silu_and_mul,
         "gate_up [rows, 2 * inter] float32 -> silu(gate) * up [rows, inter]");
   m.def("rms_norm", &rms_norm, "x [rows, n] float32 * rsqrt(mean(x^2) + eps) * weight [n]");

@@ -46,18 +46,14 @@ class Projection(nn.Linear):
         self.int8_kernels = None
         self.contiguous_output = contiguous_output
 
-    def keep_w8a8_copy(self, kernels: ModuleType | None) -> None:
-        """Multiply as W8A8 and free the float weight: int8 weights (one symmetric scale per
-        output channel) times activations quantized per row on the fly (one scale per
-        token), accumulated in int32 by ``torch._int_mm`` (oneDNN; VNNI dot products where
-        the CPU has them). Smooth the model first (engine.model.smoothing): per-token
-        scales alone cost 4.8 % perplexity (engine/backends/README.md). ``kernels`` (the
-        compiled engine.kernels, or None) does the per-row quantize and rescale in one
-        pass each."""
+    def keep_int8_copy(self, kernels: ModuleType) -> None:
+        """Multiply in int8 and free the float weight: int8 weights (one symmetric scale per
+        output channel) times activations quantized on the fly to int8 (one scale per token
+        and block of 32 input channels), exact int32 dot products (``kernels.int8_linear``,
+        engine/kernels/int8_linear.cpp; accuracy and speed: engine/backends/README.md)."""
         w = self.weight.detach().float()
         scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0  # [out]
-        # [in, out], a transposed view of [out, in]: oneDNN's fastest int8 operand here.
-        self.weight_int8 = torch.round(w / scales[:, None]).to(torch.int8).t()
+        self.weight_int8 = kernels.pack_int8_weight(torch.round(w / scales[:, None]).to(torch.int8))
         self.weight_int8_scales = scales
         self.int8_kernels = kernels
         self.weight_t = self.weight_bf16 = None
@@ -132,16 +128,8 @@ class Projection(nn.Linear):
         return out.to(x.dtype, memory_format=torch.contiguous_format)
 
     def _int8(self, x: torch.Tensor) -> torch.Tensor:
-        assert self.weight_int8 is not None and self.weight_int8_scales is not None
-        kernels = self.int8_kernels
-        if kernels is not None:
-            xq, row_scales = kernels.quantize_rows(x)  # [rows, in] int8, [rows, 1]
-            acc = torch._int_mm(xq, self.weight_int8)  # [rows, out] int32
-            return kernels.dequantize_rows(acc, row_scales, self.weight_int8_scales)
-        row_scales = x.abs().amax(1, keepdim=True).clamp(min=1e-8) / 127.0
-        xq = torch.round(x / row_scales).to(torch.int8)
-        acc = torch._int_mm(xq, self.weight_int8)
-        return acc.float() * (row_scales * self.weight_int8_scales)
+        assert self.int8_kernels is not None
+        return self.int8_kernels.int8_linear(x, self.weight_int8, self.weight_int8_scales)
 
     def _chunked(self, x: torch.Tensor) -> torch.Tensor:
         # A vocabulary-sized weight is multiplied in row slices that stay in cache
@@ -297,22 +285,12 @@ class LlamaModel(nn.Module):
             elif isinstance(module, Projection):
                 module.keep_bfloat16_copy()
 
-    def use_w8a8_weights(self, float_layers: tuple[str, ...], kernels: ModuleType | None) -> None:
-        """W8A8 matmuls (see Projection.keep_w8a8_copy) except the projections named in
-        ``float_layers``, which stay float32 (through oneDNN where torch has it): a measured
-        choice, engine/backends/README.md. Norms, attention and KV stay float32."""
-        onednn = torch.backends.mkldnn.is_available()
-        # Where oneDNN has native bf16 dot products, the float layers read bf16 weights:
-        # half the bytes of float32 (measured: engine/backends/README.md).
-        dtype = torch.bfloat16 if onednn and _native_bf16() else torch.float32
-        shared = self.embed_tokens.weight
-        for name, module in self.named_modules():
-            if not isinstance(module, Projection):
-                continue
-            if not any(t in name for t in float_layers):
-                module.keep_w8a8_copy(kernels)
-            elif onednn:
-                module.keep_onednn_copy(drop_plain=module.weight is not shared, dtype=dtype)
+    def use_int8_weights(self, kernels: ModuleType) -> None:
+        """Every matmul in int8 (see Projection.keep_int8_copy), the LM head included; the
+        embedding table, norms, attention and KV stay float32."""
+        for module in self.modules():
+            if isinstance(module, Projection):
+                module.keep_int8_copy(kernels)
 
     def use_native_kernels(self, kernels: ModuleType) -> None:
         """RMSNorm and SwiGLU through the compiled one-pass kernels (engine.kernels), for
