@@ -61,9 +61,10 @@ class TorchBackend(Backend):
         elif cpu_float32 and weight_bytes <= options.cpu_transposed_weights_max_bytes:
             self.model.keep_transposed_weights()
         self.caches: list[PagedKVCache] = []
-        self.native_decode = None
+        self.native_decode = self.native_store = None
         if kernels is not None:
             self.native_decode = kernels.paged_decode_attention
+            self.native_store = kernels.store_kv
             self.model.use_native_kernels(kernels)
 
     def kv_bytes_per_block(self, block_size: int) -> int:
@@ -81,6 +82,7 @@ class TorchBackend(Backend):
                 cfg.head_dim,
                 self.dtype,
                 self.device,
+                self.native_store,
             )
             for _ in range(cfg.num_hidden_layers)
         ]

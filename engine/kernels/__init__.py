@@ -23,6 +23,7 @@ _SOURCES = [
         "paged_decode_attention.cpp",
         "int8_linear.cpp",
         "rms_norm.cpp",
+        "rope_and_kv.cpp",
         "silu_and_mul.cpp",
     )
 ]

@@ -16,6 +16,15 @@ torch::Tensor pack_int8_weight(torch::Tensor w);
 // per row and block of 32 input channels), int32 dot products; int8_linear.cpp.
 torch::Tensor int8_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor w_scales);
 
+// Rotate the first `heads` heads of qkv [tokens, heads, head_dim] in place (half-split RoPE,
+// cos and sin [tokens, head_dim]); rope_and_kv.cpp.
+void rope_in_place(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, int64_t heads);
+
+// Write this step's K and V [tokens, kv_heads, head_dim] into the paged pools at their flat
+// slots; rope_and_kv.cpp.
+void store_kv(torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots, torch::Tensor k,
+              torch::Tensor v);
+
 // RMSNorm over the last dimension of float32 rows; rms_norm.cpp.
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps);
 

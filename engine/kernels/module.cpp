@@ -9,6 +9,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_linear", &int8_linear,
         "x [rows, k] float32 @ (packed int8 weight * w_scales [n]).T -> [rows, n] float32, "
         "x quantized to int8 per row and block of 32 channels");
+  m.def("rope_in_place", &rope_in_place,
+        "rotate the first heads of qkv [tokens, heads, head_dim] in place (half-split RoPE)");
+  m.def("store_kv", &store_kv, "write K, V [tokens, kv_heads, head_dim] at their pool slots");
   m.def("silu_and_mul", &silu_and_mul,
         "gate_up [rows, 2 * inter] float32 -> silu(gate) * up [rows, inter]");
   m.def("rms_norm", &rms_norm, "x [rows, n] float32 * rsqrt(mean(x^2) + eps) * weight [n]");

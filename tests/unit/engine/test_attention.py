@@ -13,10 +13,10 @@ needs_kernels = pytest.mark.skipif(KERNELS is None, reason="no C++ toolchain to 
 
 
 def decode_case(
-    num_seqs: int, heads: int, kv_heads: int, block_size: int = 4, seed: int = 0
+    num_seqs: int, heads: int, kv_heads: int, block_size: int = 4, seed: int = 0, hd: int = 16
 ) -> tuple[torch.Tensor, PagedKVCache, AttentionMetadata]:
     g = torch.Generator().manual_seed(seed)
-    hd, num_blocks = 16, 64
+    num_blocks = 64
     cache = PagedKVCache(num_blocks, block_size, kv_heads, hd, torch.float32, torch.device("cpu"))
     cache.k.copy_(torch.randn(cache.k.shape, generator=g))
     cache.v.copy_(torch.randn(cache.v.shape, generator=g))
@@ -44,9 +44,11 @@ def run(q: torch.Tensor, cache: PagedKVCache, meta: AttentionMetadata) -> torch.
 
 
 @needs_kernels
-@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 4), (9, 3), (8, 1)])
-def test_native_decode_matches_the_pytorch_path(heads: int, kv_heads: int) -> None:
-    q, cache, meta = decode_case(7, heads, kv_heads)
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "hd"), [(4, 4, 16), (9, 3, 16), (8, 1, 16), (9, 3, 64), (2, 1, 12)]
+)
+def test_native_decode_matches_the_pytorch_path(heads: int, kv_heads: int, hd: int) -> None:
+    q, cache, meta = decode_case(7, heads, kv_heads, hd=hd)
     reference = run(q, cache, meta)
     assert KERNELS is not None
     meta.native_decode = KERNELS.paged_decode_attention

@@ -1,0 +1,55 @@
+"""The element-wise native CPU kernels (engine/kernels) against their PyTorch definitions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.kernels import load_cpu_kernels
+from engine.model.attention import PagedKVCache
+from engine.model.rope import RotaryEmbedding, apply_rope
+
+KERNELS = load_cpu_kernels()
+pytestmark = pytest.mark.skipif(KERNELS is None, reason="no C++ toolchain to build kernels")
+
+
+def test_rms_norm_matches_torch() -> None:
+    x, w = torch.randn(7, 576) * 3, torch.randn(576)
+    torch.testing.assert_close(KERNELS.rms_norm(x, w, 1e-5), F.rms_norm(x, (576,), w, 1e-5))
+
+
+@pytest.mark.parametrize("inter", [1536, 13])  # vector body and scalar tail
+def test_swiglu_matches_torch_even_where_exp_overflows(inter: int) -> None:
+    gate_up = torch.randn(5, 2 * inter) * 4
+    gate_up[0, :6] = torch.tensor([-200.0, -88.0, -30.0, 0.0, 30.0, 90.0])
+    gate, up = gate_up.split(inter, dim=-1)
+    got = KERNELS.silu_and_mul(gate_up)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, F.silu(gate) * up, rtol=1e-6, atol=1e-6)
+
+
+def test_rope_in_place_matches_apply_rope_and_leaves_v_alone() -> None:
+    heads, kv_heads, hd = 9, 3, 64
+    rope = RotaryEmbedding(hd, 256, 10000.0, None)
+    positions = torch.tensor([0, 5, 77, 255])
+    cos, sin = rope(positions)
+    qkv = torch.randn(4, heads + 2 * kv_heads, hd)
+    want = apply_rope(qkv[:, : heads + kv_heads], cos, sin, hd)
+    v = qkv[:, heads + kv_heads :].clone()
+    KERNELS.rope_in_place(qkv, cos, sin, heads + kv_heads)
+    torch.testing.assert_close(qkv[:, : heads + kv_heads], want)
+    assert torch.equal(qkv[:, heads + kv_heads :], v)
+
+
+def test_store_kv_writes_strided_views_at_their_slots() -> None:
+    native = PagedKVCache(8, 4, 3, 16, torch.float32, torch.device("cpu"), KERNELS.store_kv)
+    plain = PagedKVCache(8, 4, 3, 16, torch.float32, torch.device("cpu"))
+    qkv = torch.randn(5, 9 + 6, 16)
+    k, v = qkv[:, 9:12], qkv[:, 12:]  # views into the projection's output, as the model passes
+    slots = torch.tensor([0, 3, 17, 30, 31])
+    native.write(slots, k, v)
+    plain.write(slots, k, v)
+    assert torch.equal(native.k, plain.k) and torch.equal(native.v, plain.v)
+    with pytest.raises(RuntimeError, match="outside the pool"):
+        native.write(torch.tensor([0, 1, 2, 3, 32]), k, v)
