@@ -57,8 +57,9 @@ class TorchBackend(Backend):
                 raise ValueError("--weight-dtype bfloat16 is a CPU mode over float32 activations")
             self.model.use_bfloat16_weights()
         elif cpu_float32 and torch.backends.mkldnn.is_available():
-            self.model.use_onednn_weights()  # same memory: the plain copies are freed
-        elif cpu_float32 and weight_bytes <= options.cpu_transposed_weights_max_bytes:
+            copy = weight_bytes <= options.cpu_decode_weight_copy_max_bytes
+            self.model.use_onednn_weights(kernels if copy else None)
+        elif cpu_float32 and weight_bytes <= options.cpu_decode_weight_copy_max_bytes:
             self.model.keep_transposed_weights()
         self.caches: list[PagedKVCache] = []
         self.native_decode = self.native_store = None

@@ -25,6 +25,7 @@ _SOURCES = [
         "rms_norm.cpp",
         "rope_and_kv.cpp",
         "silu_and_mul.cpp",
+        "small_batch_linear.cpp",
     )
 ]
 

@@ -1,7 +1,7 @@
 // Int8 x int8 linear layer (W8A8) with integer dot products, fast on AVX2 without VNNI too.
 //
 // Weights: int8, one scale per output channel. Activations: quantized on the fly to int8
-// with one symmetric scale per row and block of 32 input channels, so an outlier channel
+// with one symmetric scale per row and block of 64 input channels, so an outlier channel
 // costs precision only to its own block (one scale per whole row failed the gates without
 // SmoothQuant: engine/backends/README.md). Within a block the products are exact int32
 // sums; each block's sum is scaled into a float32 accumulator.

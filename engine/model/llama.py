@@ -15,6 +15,7 @@ from engine.model_source.arch import LlamaArchConfig
 _CHUNKED_MIN_OUT = 16384
 _STORED_TRANSPOSE_MIN_ROWS = 256
 _CHUNK_ROWS = 4096
+_SMALL_BATCH_MAX_ROWS = 4  # engine/kernels/small_batch_linear.cpp
 
 
 class Projection(nn.Linear):
@@ -35,6 +36,7 @@ class Projection(nn.Linear):
     weight_int8: torch.Tensor | None
     weight_int8_scales: torch.Tensor | None
     int8_kernels: ModuleType | None
+    small_batch_kernels: ModuleType | None
 
     def __init__(self, in_features: int, out_features: int, contiguous_output: bool = False):
         super().__init__(in_features, out_features, bias=False)
@@ -44,6 +46,7 @@ class Projection(nn.Linear):
         self.weight_int8 = None
         self.weight_int8_scales = None
         self.int8_kernels = None
+        self.small_batch_kernels = None
         self.contiguous_output = contiguous_output
 
     def keep_int8_copy(self, kernels: ModuleType) -> None:
@@ -88,7 +91,15 @@ class Projection(nn.Linear):
         if drop_plain:
             self.weight = nn.Parameter(torch.empty(0), requires_grad=False)
 
+    def decode_from_plain_weight(self, kernels: ModuleType) -> None:
+        """Batches of up to 4 rows (decode of a few sequences, bound by reading the weights)
+        go through ``kernels.small_batch_linear`` over the plain float32 [out, in] weight,
+        which must be kept: it streams 1.6x faster than oneDNN's blocked layout here."""
+        self.small_batch_kernels = kernels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [rows, in] -> [rows, out]
+        if self.small_batch_kernels is not None and x.shape[0] <= _SMALL_BATCH_MAX_ROWS:
+            return self.small_batch_kernels.small_batch_linear(x, self.weight)
         if self.weight_packed is not None:
             packed = self.weight_packed
             out = torch.ops.mkldnn._linear_pointwise(
@@ -311,13 +322,18 @@ class LlamaModel(nn.Module):
             if isinstance(module, (RMSNorm, DecoderLayer)):
                 module.kernels = kernels
 
-    def use_onednn_weights(self) -> None:
-        """CPU float32 matmuls through oneDNN's blocked weight layout (see Projection); the
-        plain weights are freed except the one the embedding gather shares."""
+    def use_onednn_weights(self, small_batch_kernels: ModuleType | None = None) -> None:
+        """CPU float32 matmuls through oneDNN's blocked weight layout (see Projection). With
+        ``small_batch_kernels`` (engine.kernels) the plain weights stay too, for decode of up
+        to 4 rows (Projection.decode_from_plain_weight: twice the weight memory); else they
+        are freed, except the one the embedding gather shares."""
         shared = self.embed_tokens.weight
         for module in self.modules():
             if isinstance(module, Projection):
-                module.keep_onednn_copy(drop_plain=module.weight is not shared)
+                keep = small_batch_kernels is not None or module.weight is shared
+                module.keep_onednn_copy(drop_plain=not keep)
+                if small_batch_kernels is not None:
+                    module.decode_from_plain_weight(small_batch_kernels)
 
     def keep_transposed_weights(self) -> None:
         """Trade memory for single-stream CPU decode speed (see Projection)."""

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from engine.kernels import load_cpu_kernels
 from engine.model.attention import PagedKVCache
+from engine.model.llama import Projection
 from engine.model.rope import RotaryEmbedding, apply_rope
 
 KERNELS = load_cpu_kernels()
@@ -53,3 +54,23 @@ def test_store_kv_writes_strided_views_at_their_slots() -> None:
     assert torch.equal(native.k, plain.k) and torch.equal(native.v, plain.v)
     with pytest.raises(RuntimeError, match="outside the pool"):
         native.write(torch.tensor([0, 1, 2, 3, 32]), k, v)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize(("n", "k"), [(960, 576), (13, 70)])  # vector body; column and k tails
+def test_small_batch_linear_matches_torch(rows: int, n: int, k: int) -> None:
+    x, w = torch.randn(rows, k), torch.randn(n, k)
+    torch.testing.assert_close(KERNELS.small_batch_linear(x, w), x @ w.t(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(RuntimeError, match="rows <= 4"):
+        KERNELS.small_batch_linear(torch.randn(5, k), w)
+
+
+def test_float_projection_decodes_few_rows_from_the_plain_weight() -> None:
+    proj = Projection(576, 960)
+    torch.nn.init.normal_(proj.weight, std=0.02)
+    reference = proj.weight.detach().clone()
+    proj.keep_onednn_copy(drop_plain=False)
+    proj.decode_from_plain_weight(KERNELS)
+    for rows in (1, 4, 5, 32):  # the GEMV kernel up to 4 rows, oneDNN beyond
+        x = torch.randn(rows, 576)
+        torch.testing.assert_close(proj(x), x @ reference.t(), rtol=1e-4, atol=1e-4)
