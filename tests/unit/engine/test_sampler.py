@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from engine.sampler import Sampler, SamplingBatch, apply_penalties
+from engine.sampler import Sampler, SamplingBatch, apply_penalties, argmax_rows
 from engine.sampling_params import SamplingParams
 
 
@@ -251,3 +251,12 @@ def test_logprobs_come_from_raw_logits_and_top_n_is_sorted(sampler: Sampler) -> 
         assert [lp for _, lp in top] == pytest.approx(values.tolist(), abs=1e-6)
         assert [lp for _, lp in top] == sorted((lp for _, lp in top), reverse=True)
     assert out.logprobs[2] is None and out.top_logprobs[2] is None
+
+
+def test_argmax_rows_matches_torch_on_ties_and_nan() -> None:
+    logits = torch.randn(4, 1000)
+    logits[1, [3, 7]] = 100.0  # a tie: the first wins
+    logits[2, [10, 20]] = float("nan")  # NaN counts as the maximum, the first one
+    logits = logits[:, :999]  # a non-contiguous view, as a sliced batch can be
+    assert torch.equal(argmax_rows(logits), logits.argmax(dim=-1))
+    assert argmax_rows(logits).tolist()[1:3] == [3, 10]
