@@ -173,8 +173,9 @@ def report(
         "in turn, each in a fresh process (back-to-back runs of one system here differed "
         "by up to 35 %, so one round is not enough to compare).",
         "tessera = PyTorch backend, float32; tessera_bf16w = bfloat16 weights, float32 "
-        "activations/attention/KV; torch_int8 = PyTorch W8A8 (int8 per-token activations x "
-        "int8 weights through oneDNN, SmoothQuant, down projection in bf16); onnx_float = "
+        "activations/attention/KV; torch_int8 = PyTorch int8 x int8 (int8 weights per "
+        "channel, activations per token and block of 64 channels, Tessera's AVX2 kernel); "
+        "onnx_float = "
         "ONNX Runtime (CPU provider) float32; onnx_int8 = ONNX Runtime int8 x int8 "
         "(MatMulNBits, blocks of "
         f"{GraphOptions().int8_block_size}); onnx_int8_qdq = the TensorRT form (int8 weights "
