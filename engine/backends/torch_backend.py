@@ -34,16 +34,9 @@ class TorchBackend(Backend):
         torch.set_num_threads(options.num_threads or len(os.sched_getaffinity(0)))
         self.device = torch.device(options.device)
         self.dtype = _DTYPES[options.dtype]
-        cfg = bundle.config
-        model = LlamaModel(cfg, max_positions=options.max_model_len)
-        model.load_hf_weights(bundle.weights)
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
-        # RoPE tables stay float32 so positions far out keep their precision.
-        self.model.rotary.float()
-        weight_bytes = cfg.num_parameters * self.dtype.itemsize
         cpu_float32 = self.device.type == "cpu" and self.dtype == torch.float32
         kernels = load_cpu_kernels() if cpu_float32 and options.native_kernels else None
-        if options.quantization == "int8":
+        if options.quantization == "int8":  # refused before any weight is touched
             if not cpu_float32:
                 raise ValueError("backend torch's int8 mode is a CPU mode over float32 activations")
             if kernels is None:
@@ -51,6 +44,15 @@ class TorchBackend(Backend):
                     "backend torch's int8 mode runs on the native CPU kernels (engine/kernels), "
                     "which are turned off (--native-kernels false) or could not be built here"
                 )
+        cfg = bundle.config
+        model = LlamaModel(cfg, max_positions=options.max_model_len)
+        model.load_hf_weights(bundle.weights)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        # RoPE tables stay float32 so positions far out keep their precision.
+        self.model.rotary.float()
+        weight_bytes = cfg.num_parameters * self.dtype.itemsize
+        if options.quantization == "int8":
+            assert kernels is not None  # checked above
             self.model.use_int8_weights(kernels)
         elif options.weight_dtype == "bfloat16":
             if self.device.type != "cpu" or self.dtype != torch.float32:
