@@ -57,7 +57,8 @@ def test_store_kv_writes_strided_views_at_their_slots() -> None:
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4])
-@pytest.mark.parametrize(("n", "k"), [(960, 576), (40, 600), (13, 70)])  # 16-wide body, 8-wide and scalar tails
+# k: the 16-wide body alone, then with the 8-wide tail, then with the scalar tail
+@pytest.mark.parametrize(("n", "k"), [(960, 576), (40, 600), (13, 70)])
 def test_small_batch_linear_matches_torch(rows: int, n: int, k: int) -> None:
     x, w = torch.randn(rows, k), torch.randn(n, k)
     torch.testing.assert_close(KERNELS.small_batch_linear(x, w), x @ w.t(), rtol=1e-4, atol=1e-4)
