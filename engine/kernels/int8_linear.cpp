@@ -92,6 +92,7 @@ inline __m256i dot_quads(__m256i acc, __m256i abs_a, __m256i signed_w) {
 // each panel sign, vpmaddubsw, vpmaddwd by ones, add. Two quads per iteration, one index.
 inline void block_4x2(const int8_t* w0, int64_t panel_bytes, const int8_t* a0, int64_t a_stride,
                       __m256i (&c)[4][2]) {
+  static_assert(kBlock % 8 == 0, "the loop below takes two 4-byte quads an iteration");
   const int8_t* w1 = w0 + panel_bytes;
   const int8_t* a1 = a0 + a_stride;
   const int8_t* a2 = a1 + a_stride;

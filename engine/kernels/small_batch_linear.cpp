@@ -1,7 +1,7 @@
 // float32 x [rows <= 4, k] times a plain weight [n, k] (row-major, as nn.Linear keeps it):
 // decode with one to four sequences, where a step's matmuls are bound by reading the weights.
 // Each weight row is streamed once, contiguously, into register accumulators per activation
-// row; on 2 AVX2 cores that reads SmolLM2's 538 MB of weights at 14-16 GB/s
+// row; on 2 AVX2 cores this reads SmolLM2's 538 MB of weights at 14-16 GB/s
 // (engine/backends/README.md).
 #include "kernels.h"
 
