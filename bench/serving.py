@@ -128,7 +128,11 @@ class LaunchConfig(BaseModel):
         description="extra flags for transformers serve (raise --cb-num-blocks for long "
         "multiturn sessions at high concurrency)",
     )
-    llamacpp_args: str = Field("", description="extra flags for llama_cpp.server")
+    llamacpp_args: str = Field(
+        "",
+        description="extra flags for llama-server (it gets one slot per request in flight "
+        "and 2048 tokens of context per slot: --llamacpp-args='-c 65536' changes the total)",
+    )
     peer_eos: Literal["logit_bias", "none"] = Field(
         "logit_bias",
         description="how peers are kept from stopping before max tokens: logit_bias bans "
@@ -179,6 +183,12 @@ def load_points(config: BenchConfig) -> list[dict[str, Any]]:
     return [
         {"rate": None, "concurrency": c, "sessions": max(w.num_requests, c)} for c in s.concurrency
     ]
+
+
+def max_in_flight(config: BenchConfig) -> int:
+    """The most requests of the sweep in flight at once: the highest concurrency (closed
+    loop), or every session of a point (open loop), and the warm-up burst is no larger."""
+    return max(p["concurrency"] or p["sessions"] for p in load_points(config))
 
 
 async def warm_up(target: Target, n: int, burst: int, timeout_s: float) -> None:
@@ -350,9 +360,12 @@ def run_benchmark(config: BenchConfig, command: str) -> tuple[dict[str, Any], Pa
         "config": config.model_dump(),
         "servers": [],
     }
+    in_flight = max_in_flight(config)
     out.parent.mkdir(parents=True, exist_ok=True)
     for name in config.sweep.servers:
-        server = SERVERS[name](name=name, paths=paths, extra_args=shlex.split(extra[name]))
+        server = SERVERS[name](
+            name=name, paths=paths, extra_args=shlex.split(extra[name]), max_in_flight=in_flight
+        )
         if server.eos_control == "logit_bias":
             server.eos_control = config.launch.peer_eos
         results["servers"].append(bench_server(server, config))

@@ -59,6 +59,9 @@ class Server(ABC):
     commands: list[list[str]] = field(default_factory=list, init=False)
     logs: list[Path] = field(default_factory=list, init=False)
     eos_control: EosControl = "none"
+    # The most requests the sweep has in flight at once: llama-server gets one slot for each
+    # (the other servers size their batches themselves).
+    max_in_flight: int = 32
 
     @abstractmethod
     def launch(self) -> Target:
@@ -254,39 +257,60 @@ def hf_folder(paths: BenchPaths) -> Path:
 # ---- llama.cpp -----------------------------------------------------------------------------
 @dataclass
 class LlamaCppServer(Server):
-    """llama-cpp-python's OpenAI server on the GGUF itself.
+    """llama.cpp's C++ `llama-server` on the GGUF itself (bench/setup_peers.sh builds it for
+    this CPU into the peers venv's bin/).
 
-    It runs one request at a time (one llama.cpp context behind a lock: no parallel slots,
-    no batching across requests). By default a new request *interrupts* the one streaming,
-    which would turn a concurrency sweep into a stream of cut-off replies, so the launcher
-    sets --interrupt_requests False: requests queue and each runs to the end. EOS is banned
-    with logit_bias (llama-cpp-python has no ignore_eos)."""
+    It gets one slot (-np) per request the sweep has in flight at once (max_in_flight), all
+    decoded together in one continuous batch (-cb, on by default in this version, passed to
+    say so). Given -np, its KV cache is split between the slots, not unified: -c is the
+    total, slots x ctx_per_slot, so that every slot holds a whole multiturn session.
+    EOS is banned with OpenAI's logit_bias like the other peers (llama-server would also take
+    ignore_eos), so that --peer-eos governs every peer alike."""
 
     eos_control: EosControl = "logit_bias"
-    n_ctx: int = 4096
+    ctx_per_slot: int = 2048
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
 
+    @property
+    def binary(self) -> Path:
+        return self.paths.peers_python.parent / "llama-server"
+
+    def command(self, port: int) -> list[str]:
+        """The llama-server command line (flags of llama.cpp as vendored by
+        llama-cpp-python 0.3.36; extra_args come last, so they win)."""
+        slots = max(1, self.max_in_flight)
+        return [
+            str(self.binary), "-m", str(self.paths.gguf), "--alias", self.paths.gguf.stem,
+            "-np", str(slots), "-cb", "-c", str(slots * self.ctx_per_slot),
+            "-t", str(self.threads), "--host", "127.0.0.1", "--port", str(port),
+            *self.extra_args,
+        ]  # fmt: skip
+
     def launch(self) -> Target:
+        if not self.binary.is_file():
+            raise ServerStartError(f"{self.binary} is missing: run bash bench/setup_peers.sh")
         port = free_port()
-        alias = self.paths.gguf.stem
-        self.spawn(
-            [
-                str(self.paths.peers_python), "-m", "llama_cpp.server",
-                "--model", str(self.paths.gguf), "--model_alias", alias,
-                "--host", "127.0.0.1", "--port", str(port),
-                "--n_ctx", str(self.n_ctx), "--n_threads", str(self.threads),
-                "--n_threads_batch", str(self.threads), "--n_batch", "512",
-                "--interrupt_requests", "False", "--verbose", "False", *self.extra_args,
-            ]
-        )  # fmt: skip
-        base = f"http://127.0.0.1:{port}/v1"
-        self.wait_http(f"{base}/models", 300, ready_200)
+        self.spawn(self.command(port))
+        base = f"http://127.0.0.1:{port}"
+        # /health answers 503 while the model loads, 200 once the slots are ready.
+        self.wait_http(f"{base}/health", 300, ready_200)
         return Target(
-            base_url=base,
-            model=alias,
+            base_url=f"{base}/v1",
+            model=self.paths.gguf.stem,
             eos_control=self.eos_control,
             eos_token_ids=eos_token_ids(self.paths.gguf),
         )
+
+    def describe(self) -> dict[str, object]:
+        out = super().describe()
+        try:
+            res = subprocess.run(
+                [str(self.binary), "--version"], capture_output=True, text=True, timeout=30
+            )
+            out["version"] = " ".join((res.stdout + res.stderr).split())
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        return out
 
 
 def eos_token_ids(gguf_path: Path) -> tuple[int, ...]:

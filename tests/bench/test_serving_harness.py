@@ -307,6 +307,49 @@ def test_tessera_bench_serve_flags_build_the_config() -> None:
     assert BenchConfig().sweep.concurrency == [1, 4, 16, 32, 64]
 
 
+def llama_server(tmp_path: Path, **kw: Any) -> Any:
+    from bench.serving_servers import BenchPaths, LlamaCppServer
+
+    gguf = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    paths = BenchPaths(gguf, tmp_path / "cache", tmp_path / "logs", tmp_path / "venv/bin/python")
+    return LlamaCppServer(name="llama.cpp", paths=paths, **kw)
+
+
+def test_llama_server_gets_one_slot_per_request_in_flight(tmp_path: Path) -> None:
+    server = llama_server(tmp_path, max_in_flight=64, extra_args=["-c", "65536"], threads=2)
+    cmd = server.command(8123)
+    assert cmd[0] == str(tmp_path / "venv/bin/llama-server")  # the peers venv's copy
+    assert cmd[1:] == [
+        "-m", str(tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"),
+        "--alias", "SmolLM2-135M-Instruct.Q4_1",
+        "-np", "64", "-cb", "-c", str(64 * 2048), "-t", "2",
+        "--host", "127.0.0.1", "--port", "8123",
+        "-c", "65536",  # extra flags come last: llama-server keeps the last value
+    ]  # fmt: skip
+    assert server.eos_control == "logit_bias"  # like every peer, so --peer-eos none applies
+
+
+def test_llama_server_missing_binary_says_how_to_build_it(tmp_path: Path) -> None:
+    from bench.serving_servers import ServerStartError
+
+    server = llama_server(tmp_path)
+    with pytest.raises(ServerStartError, match=r"llama-server is missing: run .*setup_peers"):
+        server.launch()
+    assert server.procs == [] and server.describe()["commands"] == []
+
+
+def test_sweep_sizes_the_servers_for_its_most_requests_in_flight() -> None:
+    from bench.serving import BenchConfig, max_in_flight
+
+    assert max_in_flight(BenchConfig()) == 64  # the default sweep's highest concurrency
+    assert max_in_flight(BenchConfig(sweep={"concurrency": [1, 4]})) == 4
+    assert (
+        max_in_flight(BenchConfig(sweep={"concurrency": [1, 4]}, workload={"num_requests": 2})) == 4
+    )
+    open_loop = BenchConfig(sweep={"rates": [0.5, 2.0]}, workload={"num_requests": 12})
+    assert max_in_flight(open_loop) == 12  # a Poisson point may have every session in flight
+
+
 def test_tiny_real_run_against_tessera_serve(tmp_path: Path) -> None:
     from bench.serving import BenchConfig, run_benchmark
 
