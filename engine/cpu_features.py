@@ -20,6 +20,11 @@ def _cpuinfo() -> tuple[str, str]:
     return model, flags
 
 
+def cpu_flags() -> set[str]:
+    """This CPU's instruction-set flags as /proc/cpuinfo names them (avx2, avx512_vnni, ...)."""
+    return set(_cpuinfo()[1].partition(":")[2].split())
+
+
 def has_avx2() -> bool:
     """Whether the CPU has AVX2, which the int8 matmul kernel (engine/kernels) is written for;
     elsewhere it compiles to a slow portable loop."""

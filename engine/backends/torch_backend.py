@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -14,7 +15,8 @@ from engine.model.llama import LlamaModel
 from engine.model_source import ModelBundle
 
 # Names the INT8 form in cached gate verdicts: a changed form must be gated afresh.
-TORCH_INT8_FORM = "w8a8-activation-blocks-64-v3"
+TORCH_INT8_FORM = "gguf-blocks-32-int16-activations-v1"
+log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -53,7 +55,14 @@ class TorchBackend(Backend):
         weight_bytes = cfg.num_parameters * self.dtype.itemsize
         if options.quantization == "int8":
             assert kernels is not None  # checked above
-            self.model.use_int8_weights(kernels)
+            exact, total = self.model.use_block_weights(kernels)
+            log.info(
+                "torch int8: %d of %d projections hold the model's own weight blocks exactly "
+                "(the rest 8-bit blocks), int16 activations, %s kernel",
+                exact,
+                total,
+                kernels.block_linear_isa(),
+            )
         elif options.weight_dtype == "bfloat16":
             if self.device.type != "cpu" or self.dtype != torch.float32:
                 raise ValueError("--weight-dtype bfloat16 is a CPU mode over float32 activations")

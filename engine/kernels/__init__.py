@@ -1,7 +1,9 @@
 """Native CPU kernels, compiled on first use with the machine's C++ compiler.
 
 A kernel that cannot be built (no compiler, no ninja) leaves its caller on the
-pure PyTorch path; ``load_cpu_kernels`` says why once in the log.
+pure PyTorch path; ``load_cpu_kernels`` says why once in the log. The serving build
+targets this CPU (-march=native); ``load_block_linear_variant`` builds the block
+linear kernel for one named instruction set, so tests run every path the CPU can.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from functools import cache
 from pathlib import Path
 from types import ModuleType
 
+from engine.cpu_features import cpu_flags
+
 log = logging.getLogger(__name__)
 _HERE = Path(__file__).parent
 _SOURCES = [
@@ -21,7 +25,7 @@ _SOURCES = [
     for name in (
         "module.cpp",
         "paged_decode_attention.cpp",
-        "int8_linear.cpp",
+        "block_linear.cpp",
         "rms_norm.cpp",
         "rope_and_kv.cpp",
         "silu_and_mul.cpp",
@@ -30,25 +34,53 @@ _SOURCES = [
 ]
 
 
-@cache
-def load_cpu_kernels() -> ModuleType | None:
-    """The compiled extension module, or None when it cannot be built here."""
+# Compiler flags per instruction set of block_linear.cpp's paths; the CPU flags each needs.
+BLOCK_LINEAR_ISAS: dict[str, tuple[list[str], tuple[str, ...]]] = {
+    "portable": (["-mno-avx2", "-mno-avx512f"], ()),
+    "avx2": (["-mavx2", "-mfma", "-mno-avx512f", "-mno-avxvnni"], ("avx2", "fma")),
+    "avx512_vnni": (
+        ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],
+        ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
+    ),
+}
+
+
+def _build(name: str, sources: list[Path], cflags: list[str]) -> ModuleType:
     # The ninja that pip installs lives beside the interpreter, which may not be on
     # PATH when the venv is not activated (e.g. `.venv/bin/python -m pytest`).
     venv_bin = str(Path(sys.executable).parent)
     if shutil.which("ninja") is None and venv_bin not in os.environ.get("PATH", ""):
         os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
-    try:
-        from torch.utils.cpp_extension import load
+    from torch.utils.cpp_extension import load
 
-        return load(
-            name="tessera_cpu_kernels",
-            sources=[str(p) for p in _SOURCES],
-            extra_include_paths=[str(_HERE)],
-            extra_cflags=["-O3", "-march=native", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
+    return load(
+        name=name,
+        sources=[str(p) for p in sources],
+        extra_include_paths=[str(_HERE)],
+        extra_cflags=["-O3", *cflags, "-fopenmp"],
+        extra_ldflags=["-fopenmp"],
+        verbose=False,
+    )
+
+
+@cache
+def load_cpu_kernels() -> ModuleType | None:
+    """The compiled extension module, or None when it cannot be built here."""
+    try:
+        return _build("tessera_cpu_kernels", _SOURCES, ["-march=native"])
     except Exception as e:  # any build failure means: use the PyTorch path
         log.warning("native CPU kernels unavailable, using the PyTorch paths: %s", e)
         return None
+
+
+@cache
+def load_block_linear_variant(isa: str) -> ModuleType:
+    """block_linear built for one instruction set of ``BLOCK_LINEAR_ISAS`` (for tests: the
+    module may hold instructions this CPU cannot run; ``cpu_runs`` says whether it can)."""
+    cflags, _ = BLOCK_LINEAR_ISAS[isa]
+    return _build(f"tessera_block_linear_{isa}", [_HERE / "block_linear_variant.cpp"], cflags)
+
+
+def cpu_runs(isa: str) -> bool:
+    """Whether this CPU runs the ``isa`` build of block_linear."""
+    return set(BLOCK_LINEAR_ISAS[isa][1]) <= cpu_flags()

@@ -8,13 +8,19 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache,
                                      torch::Tensor v_cache, torch::Tensor block_tables,
                                      torch::Tensor context_lens, double scale);
 
-// An int8 weight [n, k] (one scale per output channel) in int8_linear's layout;
-// int8_linear.cpp.
-torch::Tensor pack_int8_weight(torch::Tensor w);
+// Block weights q [n, k] (4 bits: uint8 values 0..15; 8 bits: int8) in block_linear's layout;
+// block_linear.cpp.
+torch::Tensor pack_block_weight(torch::Tensor q, int64_t bits);
 
-// float32 rows times a packed int8 weight, the rows quantized to int8 on the fly (one scale
-// per row and block of 64 input channels), int32 dot products; int8_linear.cpp.
-torch::Tensor int8_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor w_scales);
+// float32 rows times packed block weights (scale d and, for 4 bits, minimum m per block of 32,
+// packed [panels, blocks, 8]), the rows quantized to int16 per block, int32 dot products;
+// block_linear.cpp. The reference is the same arithmetic in scalar code (tests compare them).
+torch::Tensor block_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor d,
+                           c10::optional<torch::Tensor> m, int64_t n, int64_t bits);
+torch::Tensor block_linear_reference(torch::Tensor x, torch::Tensor packed, torch::Tensor d,
+                                     c10::optional<torch::Tensor> m, int64_t n, int64_t bits);
+// Which instruction path block_linear was compiled with: avx512_vnni, avx_vnni, avx2, portable.
+std::string block_linear_isa();
 
 // Rotate the first `heads` heads of qkv [tokens, heads, head_dim] in place (half-split RoPE,
 // cos and sin [tokens, head_dim]); rope_and_kv.cpp.

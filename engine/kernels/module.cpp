@@ -1,14 +1,22 @@
-// Python bindings for every native CPU kernel (declared in kernels.h).
+// Python bindings for every native CPU kernel (declared in kernels.h). Built with
+// TESSERA_BLOCK_LINEAR_ONLY it binds block_linear alone: the per-instruction-set builds the
+// tests make (engine.kernels.load_block_linear_variant).
 #include "kernels.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("pack_block_weight", &pack_block_weight,
+        "q [n, k] (uint8 0..15 for 4 bits, int8 for 8 bits) -> the packed layout block_linear reads");
+  m.def("block_linear", &block_linear, py::arg("x"), py::arg("packed"), py::arg("d"),
+        py::arg("m"), py::arg("n"), py::arg("bits"),
+        "x [rows, k] float32 @ (d * q + m).T over blocks of 32 -> [rows, n] float32, x quantized "
+        "to int16 per row and block");
+  m.def("block_linear_reference", &block_linear_reference, py::arg("x"), py::arg("packed"),
+        py::arg("d"), py::arg("m"), py::arg("n"), py::arg("bits"),
+        "block_linear in scalar code, the same arithmetic in the same order");
+  m.def("block_linear_isa", &block_linear_isa, "the instruction path block_linear was built with");
+#ifndef TESSERA_BLOCK_LINEAR_ONLY
   m.def("paged_decode_attention", &paged_decode_attention,
         "Decode attention over a paged KV pool (CPU, float32)");
-  m.def("pack_int8_weight", &pack_int8_weight,
-        "w [n, k] int8 -> the packed layout int8_linear reads");
-  m.def("int8_linear", &int8_linear,
-        "x [rows, k] float32 @ (packed int8 weight * w_scales [n]).T -> [rows, n] float32, "
-        "x quantized to int8 per row and block of 64 channels");
   m.def("rope_in_place", &rope_in_place,
         "rotate the first heads of qkv [tokens, heads, head_dim] in place (half-split RoPE)");
   m.def("store_kv", &store_kv, "write K, V [tokens, kv_heads, head_dim] at their pool slots");
@@ -17,4 +25,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("small_batch_linear", &small_batch_linear,
         "x [rows <= 4, k] float32 @ w [n, k].T, streaming each weight row once");
   m.def("rms_norm", &rms_norm, "x [rows, n] float32 * rsqrt(mean(x^2) + eps) * weight [n]");
+#endif
 }

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.model.attention import LayerAttention
+from engine.model.block_weights import pack_scales, to_blocks
 from engine.model.rope import RotaryEmbedding, apply_rope
 from engine.model_source.arch import LlamaArchConfig
 
@@ -16,6 +17,27 @@ _CHUNKED_MIN_OUT = 16384
 _STORED_TRANSPOSE_MIN_ROWS = 256
 _CHUNK_ROWS = 4096
 _SMALL_BATCH_MAX_ROWS = 4  # engine/kernels/small_batch_linear.cpp
+
+
+class PackedBlocks:
+    """A weight packed for ``kernels.block_linear``: x [rows, in] -> [rows, out] float32."""
+
+    def __init__(
+        self,
+        kernels: ModuleType,
+        packed: torch.Tensor,
+        d: torch.Tensor,
+        m: torch.Tensor | None,
+        out_features: int,
+        bits: int,
+    ) -> None:
+        self.kernels, self.packed, self.d, self.m = kernels, packed, d, m
+        self.out_features, self.bits = out_features, bits
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.kernels.block_linear(
+            x, self.packed, self.d, self.m, self.out_features, self.bits
+        )
 
 
 class Projection(nn.Linear):
@@ -33,9 +55,7 @@ class Projection(nn.Linear):
     weight_t: torch.Tensor | None
     weight_packed: torch.Tensor | None
     weight_bf16: torch.Tensor | None
-    weight_int8: torch.Tensor | None
-    weight_int8_scales: torch.Tensor | None
-    int8_kernels: ModuleType | None
+    blocks: PackedBlocks | None
     small_batch_kernels: ModuleType | None
 
     def __init__(self, in_features: int, out_features: int, contiguous_output: bool = False):
@@ -43,24 +63,26 @@ class Projection(nn.Linear):
         self.weight_t = None
         self.weight_packed = None
         self.weight_bf16 = None
-        self.weight_int8 = None
-        self.weight_int8_scales = None
-        self.int8_kernels = None
+        self.blocks = None
         self.small_batch_kernels = None
         self.contiguous_output = contiguous_output
 
-    def keep_int8_copy(self, kernels: ModuleType) -> None:
-        """Multiply in int8 and free the float weight: int8 weights (one symmetric scale per
-        output channel) times activations quantized on the fly to int8 (one scale per token
-        and block of 32 input channels), exact int32 dot products (``kernels.int8_linear``,
-        engine/kernels/int8_linear.cpp; accuracy and speed: engine/backends/README.md)."""
-        w = self.weight.detach().float()
-        scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0  # [out]
-        self.weight_int8 = kernels.pack_int8_weight(torch.round(w / scales[:, None]).to(torch.int8))
-        self.weight_int8_scales = scales
-        self.int8_kernels = kernels
+    def keep_block_copy(self, kernels: ModuleType) -> bool:
+        """Multiply through ``kernels.block_linear`` over the weight's blocks of 32 (its own
+        GGUF grid, exactly, where it lies on one: engine/model/block_weights.py); the model
+        frees the float weight where nothing else reads it. Returns whether the blocks are
+        exact."""
+        found = to_blocks(self.weight)
+        self.blocks = PackedBlocks(
+            kernels,
+            kernels.pack_block_weight(found.q, found.bits),
+            pack_scales(found.d),
+            None if found.m is None else pack_scales(found.m),
+            self.out_features,
+            found.bits,
+        )
         self.weight_t = self.weight_bf16 = None
-        self.weight = nn.Parameter(torch.empty(0), requires_grad=False)
+        return found.exact
 
     def keep_bfloat16_copy(self) -> None:
         """Multiply with a bfloat16 copy of W (float32 activations in and out).
@@ -98,11 +120,11 @@ class Projection(nn.Linear):
         self.small_batch_kernels = kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [rows, in] -> [rows, out]
-        # The int8, small-batch and packed forms are set only on the eager torch backend's
+        # The block, small-batch and packed forms are set only on the eager torch backend's
         # model, never on one being exported, so they come before the (per-call costly)
         # export check: 240 such checks took 2.8 ms of a 32-sequence step.
-        if self.weight_int8 is not None:
-            return self._int8(x)
+        if self.blocks is not None:
+            return self.blocks(x)
         if self.small_batch_kernels is not None and x.shape[0] <= _SMALL_BATCH_MAX_ROWS:
             return self.small_batch_kernels.small_batch_linear(x, self.weight)
         if self.weight_packed is not None:
@@ -140,10 +162,6 @@ class Projection(nn.Linear):
         # The cast back must not keep the transposed strides: SDPA's flash kernel
         # needs a unit-stride last dimension (else it silently takes the math path).
         return out.to(x.dtype, memory_format=torch.contiguous_format)
-
-    def _int8(self, x: torch.Tensor) -> torch.Tensor:
-        assert self.int8_kernels is not None
-        return self.int8_kernels.int8_linear(x, self.weight_int8, self.weight_int8_scales)
 
     def _chunked(self, x: torch.Tensor) -> torch.Tensor:
         # A vocabulary-sized weight is multiplied in row slices that stay in cache
@@ -313,12 +331,20 @@ class LlamaModel(nn.Module):
             elif isinstance(module, Projection):
                 module.keep_bfloat16_copy()
 
-    def use_int8_weights(self, kernels: ModuleType) -> None:
-        """Every matmul in int8 (see Projection.keep_int8_copy), the LM head included; the
-        embedding table, norms, attention and KV stay float32."""
+    def use_block_weights(self, kernels: ModuleType) -> tuple[int, int]:
+        """Every matmul over weight blocks (see Projection.keep_block_copy), the LM head
+        included; the embedding table, norms, attention and KV stay float32. Returns how many
+        projections hold their weights exactly, and how many there are."""
+        shared = self.embed_tokens.weight
+        exact = total = 0
         for module in self.modules():
             if isinstance(module, Projection):
-                module.keep_int8_copy(kernels)
+                tied = module.weight is shared
+                exact += module.keep_block_copy(kernels)
+                total += 1
+                if not tied:
+                    module.weight = nn.Parameter(torch.empty(0), requires_grad=False)
+        return exact, total
 
     def use_native_kernels(self, kernels: ModuleType) -> None:
         """RMSNorm, RoPE and SwiGLU through the compiled one-pass kernels (engine.kernels),
