@@ -1,9 +1,11 @@
-"""Which backend and mode an engine runs: the fastest that passes the accuracy gates here.
+"""Which backend and mode an engine runs: the fastest, measured here, that passes the gates.
 
-Candidates are tried in the speed order bench/engine_throughput.py measured for the device
-class; a reduced-precision candidate is accepted only after it passes the INT8 gates
-(engine.accuracy) against the float PyTorch reference on this machine. The verdict is cached
-on disk per model, mode, library versions and CPU, so only the first start pays for it.
+Every candidate for the device class is considered. A reduced-precision one must first pass
+the accuracy gates (engine.accuracy) against the float PyTorch reference on this machine;
+then each survivor's decode speed is timed at 1 and at 32 sequences, and the fastest by the
+geometric mean of the two wins (a single stream and a full batch weigh alike). Verdicts and
+timings are cached on disk per model, mode, library versions and CPU, so only the first
+start pays for them; a cached loser is not even built again.
 """
 
 from __future__ import annotations
@@ -11,28 +13,68 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import platform
+import statistics
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from engine.accuracy import GATE_TEXT, GateResult, compare, score_text
-from engine.backends import Backend, BackendOptions, create_backend
+from engine.accuracy import CHAT_PROMPTS, GATE_TEXT, GateResult, run_gates
+from engine.backends import Backend, BackendOptions, BatchInputs, create_backend
 from engine.backends.onnx_graph import GRAPH_VERSION, weights_fingerprint
 from engine.backends.torch_backend import TORCH_INT8_FORM
-from engine.cpu_features import cpu_id, has_avx2
 from engine.model_source import ModelBundle
 
 log = logging.getLogger(__name__)
 
-# Fastest first, per bench/results/engine_throughput-*.md: on an AVX2 CPU torch int8 (its
-# int8 matmul kernel, engine/kernels/int8_linear.cpp) leads onnx int8 at 32 sequences and
-# in single-stream decode (2026-12-02); without AVX2 that kernel is a portable loop.
 CPU_CANDIDATES = [("torch", "int8"), ("onnx", "int8"), ("torch", "none")]
-CPU_CANDIDATES_WITHOUT_AVX2 = [("onnx", "int8"), ("torch", "none")]
 # On CUDA only the PyTorch path is verified so far (TensorRT INT8 is opt-in: README).
 GPU_CANDIDATES = [("torch", "none")]
+SPEED_BATCHES = (1, 32)
+_SPEED_CONTEXT = 64  # tokens already in each sequence's KV while timing a decode step
+_SPEED_STEPS = 5
+_RECORD_VERSION = 2  # a changed record layout or measurement is measured afresh
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A candidate's gate verdict (None for the float reference) and decode speed here."""
+
+    name: str
+    quantization: str
+    gate: GateResult | None
+    tokens_per_second: dict[int, float]
+    """Decode tokens/s by number of sequences (SPEED_BATCHES)."""
+
+    @property
+    def passed(self) -> bool:
+        return self.gate is None or self.gate.passed
+
+    @property
+    def score(self) -> float:
+        return math.exp(statistics.fmean(math.log(v) for v in self.tokens_per_second.values()))
+
+    def speeds(self) -> str:
+        return " / ".join(f"{v:.0f}" for v in self.tokens_per_second.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "quantization": self.quantization,
+            "gate": None if self.gate is None else self.gate.to_json(),
+            "tokens_per_second": {str(k): v for k, v in self.tokens_per_second.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Measured:
+        gate = None if data["gate"] is None else GateResult.from_json(data["gate"])
+        speed = {int(k): float(v) for k, v in data["tokens_per_second"].items()}
+        return cls(data["name"], data["quantization"], gate, speed)
 
 
 @dataclass(frozen=True)
@@ -45,47 +87,91 @@ class BackendChoice:
     reason: str
 
 
-def _gate_key(bundle: ModelBundle, name: str, options: BackendOptions) -> str:
+def _record_key(bundle: ModelBundle, name: str, options: BackendOptions) -> str:
     import onnxruntime
+
+    from engine.cpu_features import cpu_id
 
     ident = json.dumps(
         [
+            _RECORD_VERSION,
             weights_fingerprint(bundle),
             name,
             options.quantization,
             options.int8_scheme,
             options.provider,
             options.int8_lm_head,
+            options.num_threads,
             GRAPH_VERSION,  # a changed INT8 form must be gated afresh
             TORCH_INT8_FORM,
             torch.__version__,
             onnxruntime.__version__,
             platform.machine(),
-            platform.processor(),
             cpu_id(),
             GATE_TEXT.read_text(),
+            CHAT_PROMPTS.read_text(),
         ]
     )
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 
-def gate(
-    bundle: ModelBundle, name: str, backend: Backend, options: BackendOptions, cache_dir: Path
-) -> GateResult:
-    """The candidate's gate result on the packaged gate text, measured once and cached."""
-    path = cache_dir / "gates" / f"{_gate_key(bundle, name, options)}.json"
-    if path.is_file():
-        data = json.loads(path.read_text())
-        return GateResult(data["perplexity_ratio"], data["top1_agreement"])
-    ids = bundle.tokenizer.encode(GATE_TEXT.read_text())
-    reference = create_backend("torch", bundle, BackendOptions(max_model_len=options.max_model_len))
-    result = compare(score_text(reference, ids), score_text(backend, ids))
-    del reference
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result.__dict__))
-    tmp.replace(path)
-    return result
+def decode_inputs(batch: int, context: int, block_size: int) -> BatchInputs:
+    """``batch`` sequences decoding the token at position ``context``, blocks disjoint."""
+    nb = context // block_size + 1
+    tables = np.arange(batch * nb, dtype=np.int64).reshape(batch, nb)
+    return BatchInputs(
+        token_ids=np.full(batch, 42, dtype=np.int64),
+        positions=np.full(batch, context, dtype=np.int64),
+        slot_mapping=tables[:, -1] * block_size + context % block_size,
+        block_tables=tables,
+        context_lens=np.full(batch, context + 1, dtype=np.int64),
+        query_start_loc=np.arange(batch + 1, dtype=np.int64),
+        logits_indices=np.arange(batch, dtype=np.int64),
+    )
+
+
+def measure_decode(backend: Backend, batches: tuple[int, ...] = SPEED_BATCHES) -> dict[int, float]:
+    """Decode tokens/s of ``backend`` at each batch size: the median of a few steps after one
+    warm-up step; reallocates its KV pool."""
+    block_size = 16
+    blocks = (_SPEED_CONTEXT // block_size + 1) * max(batches)
+    backend.allocate_kv_cache(blocks, block_size)
+    speed = {}
+    for batch in batches:
+        inputs = decode_inputs(batch, _SPEED_CONTEXT, block_size)
+        backend.forward(inputs)
+        times = []
+        for _ in range(_SPEED_STEPS):
+            t = time.perf_counter()
+            backend.forward(inputs)
+            times.append(time.perf_counter() - t)
+        speed[batch] = batch / statistics.median(times)
+    return speed
+
+
+class _Records:
+    """Cached verdicts and timings under ``cache_dir/gates``, one JSON file a candidate."""
+
+    def __init__(self, cache_dir: Path, bundle: ModelBundle) -> None:
+        self.dir = cache_dir / "gates"
+        self.bundle = bundle
+
+    def path(self, name: str, options: BackendOptions) -> Path:
+        return self.dir / f"{_record_key(self.bundle, name, options)}.json"
+
+    def load(self, name: str, options: BackendOptions) -> Measured | None:
+        path = self.path(name, options)
+        try:
+            return Measured.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def save(self, record: Measured, options: BackendOptions) -> None:
+        path = self.path(record.name, options)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record.to_json()))
+        tmp.replace(path)
 
 
 def choose_backend(
@@ -96,36 +182,75 @@ def choose_backend(
         quant = "none" if quantization == "auto" else quantization
         opts = _with(options, quant)
         return BackendChoice(create_backend(name, bundle, opts), name, quant, "as requested")
-    cuda = options.device.startswith("cuda")
-    if cuda:
-        candidates = GPU_CANDIDATES
-    else:
-        candidates = CPU_CANDIDATES if has_avx2() else CPU_CANDIDATES_WITHOUT_AVX2
+    candidates = GPU_CANDIDATES if options.device.startswith("cuda") else CPU_CANDIDATES
     if quantization != "auto":
         candidates = [c for c in candidates if c[1] == quantization] or [("torch", quantization)]
-    refused = []
+    records = _Records(cache_dir, bundle)
+    built: dict[tuple[str, str], Backend] = {}
+    measured: list[Measured] = []
+    refused: list[str] = []
+    reference: Backend | None = None
     for cand_name, quant in candidates:
         opts = _with(options, quant)
-        try:
-            backend = create_backend(cand_name, bundle, opts)
-        except (RuntimeError, ValueError, ImportError, OSError) as e:
-            refused.append(f"{cand_name} {quant}: {e}")
+        record = records.load(cand_name, opts)
+        if record is None:
+            try:
+                is_reference = (cand_name, quant) == ("torch", "none")
+                backend = (
+                    reference
+                    if is_reference and reference is not None
+                    else create_backend(cand_name, bundle, opts)
+                )
+            except (RuntimeError, ValueError, ImportError, OSError) as e:
+                refused.append(f"{cand_name} {quant}: {e}")
+                continue
+            gate = None
+            if quant != "none":
+                if reference is None:
+                    reference = built.get(("torch", "none")) or create_backend(
+                        "torch", bundle, _with(options, "none")
+                    )
+                log.info(
+                    "measuring %s %s against the float model (once per machine)", cand_name, quant
+                )
+                gate = run_gates(reference, backend, bundle.tokenizer)
+            passed = gate is None or gate.passed
+            record = Measured(cand_name, quant, gate, measure_decode(backend) if passed else {})
+            records.save(record, opts)
+            if passed:
+                built[(cand_name, quant)] = backend
+            if (cand_name, quant) == ("torch", "none"):
+                reference = backend
+        if not record.passed:
+            assert record.gate is not None
+            refused.append(f"{cand_name} {quant}: failed the gates ({record.gate.describe()})")
             continue
-        if quant == "none":
-            return BackendChoice(backend, cand_name, quant, _reason("float reference", refused))
-        result = gate(bundle, cand_name, backend, opts, cache_dir)
-        if result.passed:
-            why = f"fastest passing the accuracy gates here ({result.describe()})"
-            return BackendChoice(backend, cand_name, quant, _reason(why, refused))
-        refused.append(f"{cand_name} {quant}: failed the gates ({result.describe()})")
-    raise RuntimeError("no backend could start: " + "; ".join(refused))
+        measured.append(record)
+    del reference
+    if not measured:
+        raise RuntimeError("no backend could start: " + "; ".join(refused))
+    best = max(measured, key=lambda m: m.score)
+    key = (best.name, best.quantization)
+    chosen = built.pop(key) if key in built else None
+    backend = chosen or create_backend(best.name, bundle, _with(options, best.quantization))
+    built.clear()
+    return BackendChoice(backend, best.name, best.quantization, _reason(best, measured, refused))
+
+
+def _reason(best: Measured, measured: list[Measured], refused: list[str]) -> str:
+    for line in refused:
+        log.info("backend candidate skipped: %s", line)
+    batches = "/".join(str(b) for b in SPEED_BATCHES)
+    timed = "; ".join(f"{m.name} {m.quantization} {m.speeds()}" for m in measured)
+    why = f"fastest measured here (decode tok/s at {batches} sequences: {timed})"
+    if best.gate is not None:
+        why += f"; accuracy gates passed ({best.gate.describe()})"
+    elif any(m.gate is not None for m in measured):
+        why += "; no INT8 form that passes the gates is faster here than float"
+    else:
+        why += "; no INT8 form passes the accuracy gates here"
+    return why if not refused else f"{why}; skipped {'; '.join(refused)}"
 
 
 def _with(options: BackendOptions, quantization: str) -> BackendOptions:
     return replace(options, quantization=quantization)
-
-
-def _reason(why: str, refused: list[str]) -> str:
-    for line in refused:
-        log.warning("backend candidate skipped: %s", line)
-    return why if not refused else f"{why}; skipped {'; '.join(refused)}"

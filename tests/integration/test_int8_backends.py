@@ -1,37 +1,31 @@
 """The compiled backends and every INT8 mode, on the real default model.
 
-Accuracy gates (issue 4) on tests/data/english_eval.txt (4,113 tokens, teacher forcing in
-512-token windows): each INT8 mode's perplexity within 3 % of the float model's, and its
-next-token top-1 agreement with the float model at least 90 %. Float ONNX must reproduce
-the reference's greedy tokens, and the ONNX step must not copy the KV pool.
+The accuracy gates (engine.accuracy: eval text perplexity within +0.5 %, top-1 agreement at
+least 97.5 %, greedy chat continuations identical on at least 40 % of the prompts, every
+answer the float model gets right kept) are measured for every INT8 mode; the torch form
+must pass them, and ``--backend auto`` must pick a mode that passes them. What is pinned is
+the float model's answer and the gate figures, never an output that depends on the CPU.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from engine.accuracy import (
-    MAX_PERPLEXITY_RATIO,
-    MIN_TOP1_AGREEMENT,
-    TextScore,
-    compare,
-    score_text,
-)
-from engine.backend_choice import choose_backend
+from engine import accuracy
+from engine.accuracy import GATE_TEXT, compare_on_text, run_gates
+from engine.backend_choice import Measured, choose_backend, decode_inputs
 from engine.backends import Backend, BackendOptions, BatchInputs, create_backend, onnx_graph
-from engine.cpu_features import has_avx2
 from engine.model_source import ModelBundle
 from engine.sampling_params import SamplingParams
 from tests.conftest import make_engine
 from tests.integration.test_engine_fidelity import NEW_TOKENS, chat_prompts, check_all
 
-EVAL_TEXT = Path(__file__).parents[1] / "data" / "english_eval.txt"
 INT8_MODES = [
     pytest.param("torch", "auto", id="torch-int8"),
     pytest.param("onnx", "dynamic", id="onnx-int8-dynamic"),
@@ -47,43 +41,56 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def eval_ids(smollm2_bundle: ModelBundle) -> list[int]:
-    return smollm2_bundle.tokenizer.encode(EVAL_TEXT.read_text())
+    return smollm2_bundle.tokenizer.encode(GATE_TEXT.read_text())
 
 
 @pytest.fixture(scope="module")
-def float_score(smollm2_bundle: ModelBundle, eval_ids: list[int]) -> TextScore:
-    return score_text(create_backend("torch", smollm2_bundle, BackendOptions()), eval_ids)
+def float_backend(smollm2_bundle: ModelBundle) -> Backend:
+    return create_backend("torch", smollm2_bundle, BackendOptions())
 
 
 def test_eval_text_is_a_few_thousand_tokens(eval_ids: list[int]) -> None:
     assert 2000 <= len(eval_ids) <= 8000
 
 
+def test_chat_prompt_set_is_varied_and_has_known_answers() -> None:
+    prompts = accuracy.load_chat_prompts()
+    assert len(prompts) >= 30
+    assert len({p["prompt"] for p in prompts}) == len(prompts)
+    assert 10 <= sum("answer" in p for p in prompts) < len(prompts) - 10
+
+
 @pytest.mark.parametrize(("backend", "scheme"), INT8_MODES)
-def test_int8_mode_passes_the_accuracy_gates(
+def test_every_int8_mode_reports_its_gate_figures(
     smollm2_bundle: ModelBundle,
-    eval_ids: list[int],
-    float_score: TextScore,
+    float_backend: Backend,
     artifacts: Path,
     backend: str,
     scheme: str,
 ) -> None:
+    """Each mode's figures are printed; the torch form (the model's own weight blocks, int16
+    activations) must pass every gate; the ONNX forms (8-bit activations) must stay within
+    the looser bounds they were built to (perplexity +3 %, top-1 90 %)."""
     opts = BackendOptions(quantization="int8", int8_scheme=scheme, artifact_dir=artifacts)
-    result = compare(
-        float_score, score_text(create_backend(backend, smollm2_bundle, opts), eval_ids)
-    )
-    print(f"{backend} int8 {scheme}: {result.describe()}")
-    assert result.perplexity_ratio <= MAX_PERPLEXITY_RATIO, result.describe()
-    assert result.top1_agreement >= MIN_TOP1_AGREEMENT, result.describe()
+    candidate = create_backend(backend, smollm2_bundle, opts)
+    result = run_gates(float_backend, candidate, smollm2_bundle.tokenizer)
+    print(f"{backend} int8 {scheme}: passed={result.passed}: {result.describe()}")
+    assert 0 <= result.text.mean_kl < 0.05, result.describe()
+    if backend == "torch":
+        assert result.passed, result.describe()
+    else:
+        assert result.text.perplexity_ratio <= 1.03, result.describe()
+        assert result.text.top1_agreement >= 0.90, result.describe()
 
 
 def test_float_onnx_scores_like_the_reference(
-    smollm2_bundle: ModelBundle, eval_ids: list[int], float_score: TextScore, artifacts: Path
+    smollm2_bundle: ModelBundle, eval_ids: list[int], float_backend: Backend, artifacts: Path
 ) -> None:
     onnx = create_backend("onnx", smollm2_bundle, BackendOptions(artifact_dir=artifacts))
-    result = compare(float_score, score_text(onnx, eval_ids))
+    result = compare_on_text(float_backend, onnx, eval_ids)
     assert abs(result.perplexity_ratio - 1) < 1e-3
     assert result.top1_agreement > 0.995
+    assert result.mean_kl < 1e-4
 
 
 def test_float_onnx_engine_greedy_matches_the_reference(
@@ -104,21 +111,6 @@ def test_float_onnx_engine_greedy_matches_the_reference(
     check_all(hf_reference_model, prompts, outputs)
 
 
-def _decode_batch(batch: int, context: int, block_size: int) -> BatchInputs:
-    """``batch`` sequences decoding their token at position ``context``, blocks disjoint."""
-    nb = context // block_size + 1
-    tables = np.arange(batch * nb, dtype=np.int64).reshape(batch, nb)
-    return BatchInputs(
-        token_ids=np.full(batch, 42, dtype=np.int64),
-        positions=np.full(batch, context, dtype=np.int64),
-        slot_mapping=tables[:, -1] * block_size + context % block_size,
-        block_tables=tables,
-        context_lens=np.full(batch, context + 1, dtype=np.int64),
-        query_start_loc=np.arange(batch + 1, dtype=np.int64),
-        logits_indices=np.arange(batch, dtype=np.int64),
-    )
-
-
 def _median_step(backend: Backend, inputs: BatchInputs, steps: int = 7) -> float:
     backend.forward(inputs)
     times = []
@@ -136,7 +128,7 @@ def test_onnx_step_time_does_not_grow_with_the_pool(
     step time of a fixed batch unchanged (a copy of the pool alone would take > 100 ms)."""
     opts = BackendOptions(quantization="int8", artifact_dir=artifacts)
     backend = create_backend("onnx", smollm2_bundle, opts)
-    inputs = _decode_batch(batch=8, context=100, block_size=16)
+    inputs = decode_inputs(batch=8, context=100, block_size=16)
     backend.allocate_kv_cache(64, 16)
     small = _median_step(backend, inputs)
     backend.allocate_kv_cache(2048, 16)
@@ -173,42 +165,56 @@ def test_built_artifacts_are_reused_across_restarts(
         create_backend("onnx", smollm2_bundle, replace(opts, int8_lm_head=False))
 
 
-def test_auto_picks_the_fastest_int8_on_cpu_after_the_gate(
-    smollm2_bundle: ModelBundle, artifacts: Path
+def _records(cache_dir: Path) -> list[Measured]:
+    paths = (cache_dir / "gates").glob("*.json")
+    return [Measured.from_json(json.loads(p.read_text())) for p in paths]
+
+
+def test_auto_picks_the_fastest_measured_mode_that_passes_the_gates(
+    smollm2_bundle: ModelBundle, artifacts: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     opts = BackendOptions(artifact_dir=artifacts)
     choice = choose_backend("auto", "auto", opts, smollm2_bundle, artifacts)
-    fastest = "torch" if has_avx2() else "onnx"  # engine/backend_choice.py
-    assert (choice.name, choice.quantization) == (fastest, "int8")
-    assert "accuracy gates" in choice.reason
-    assert list((artifacts / "gates").glob("*.json")), "the gate verdict is cached"
+    assert "fastest measured here" in choice.reason
+    records = _records(artifacts)
+    assert len(records) == 3, "a verdict and timing per CPU candidate is cached"
+    best = max((r for r in records if r.passed), key=lambda r: r.score)
+    assert (best.name, best.quantization) == (choice.name, choice.quantization)
+    assert all(set(r.tokens_per_second) == {1, 32} for r in records if r.passed)
+    # A second start reads the cache: nothing is gated, timed or built but the winner.
+    monkeypatch.setattr("engine.backend_choice.run_gates", _never)
+    monkeypatch.setattr("engine.backend_choice.measure_decode", _never)
+    again = choose_backend("auto", "auto", opts, smollm2_bundle, artifacts)
+    assert (again.name, again.quantization) == (choice.name, choice.quantization)
 
 
-def test_auto_falls_back_when_a_candidate_fails_the_gate(
+def _never(*args: object) -> None:
+    raise AssertionError("measured again although the verdict is cached")
+
+
+def test_auto_falls_back_to_float_when_no_int8_mode_passes(
     smollm2_bundle: ModelBundle, artifacts: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import engine.accuracy as accuracy
-
     monkeypatch.setattr(accuracy, "MIN_TOP1_AGREEMENT", 1.01)  # nothing reduced can pass
     fresh = artifacts / "strict"
     opts = BackendOptions(artifact_dir=artifacts)
     choice = choose_backend("auto", "auto", opts, smollm2_bundle, fresh)
     assert (choice.name, choice.quantization) == ("torch", "none")
     assert "failed the gates" in choice.reason
+    assert "no INT8 form passes the accuracy gates here" in choice.reason
 
 
-def test_default_int8_answers_the_capital_question_like_float(
+def test_default_answers_the_capital_question_like_float(
     smollm2_bundle: ModelBundle, artifacts: Path
 ) -> None:
-    """The float model's greedy answer starts with a 0.08-nat near-tie ("The" over "L");
-    the gates alone let through forms (torch W8A8 with one activation scale per token, or
-    per 32 channels) that flipped it into nonsense, so the default's answer is pinned too."""
+    """The float model's greedy answer starts with a 0.08-nat near-tie ("The" over "L") that
+    INT8 forms with 8-bit activations flipped into nonsense; whatever auto picks on this CPU
+    must answer as the float model does."""
     engine = make_engine(
         smollm2_bundle,
         backend={"name": "auto", "quantization": "auto"},
         model={"max_model_len": 2048, "cache_dir": str(artifacts)},
     )
-    assert engine.capacity.quantization == "int8", "the default here is an INT8 mode"
     chat = [{"role": "user", "content": "What is the capital of France?"}]
     prompt = smollm2_bundle.tokenizer.apply_chat_template(chat)
     ids = smollm2_bundle.tokenizer.encode(prompt, add_special_tokens=False)
