@@ -173,8 +173,9 @@ def report(
         "in turn, each in a fresh process (back-to-back runs of one system here differed "
         "by up to 35 %, so one round is not enough to compare).",
         "tessera = PyTorch backend, float32; tessera_bf16w = bfloat16 weights, float32 "
-        "activations/attention/KV; torch_int8 = PyTorch int8 x int8 (int8 weights per "
-        "channel, activations per token and block of 64 channels, Tessera's AVX2 kernel); "
+        "activations/attention/KV; torch_int8 = PyTorch over the GGUF's own 4-/8-bit weight "
+        "blocks x int16 activations per 32 channels (Tessera's block kernel, "
+        f"{_block_isa()} path); "
         "onnx_float = "
         "ONNX Runtime (CPU provider) float32; onnx_int8 = ONNX Runtime int8 x int8 "
         "(MatMulNBits, blocks of "
@@ -231,6 +232,13 @@ def report(
                 f"**{best_ttft / t['ttft_1000_s']:.2f}x**"
             )
     return "\n".join(lines) + "\n"
+
+
+def _block_isa() -> str:
+    from engine.kernels import load_cpu_kernels
+
+    kernels = load_cpu_kernels()
+    return kernels.block_linear_isa() if kernels is not None else "no native kernels"
 
 
 def run_one(name: str) -> dict[str, float]:

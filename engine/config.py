@@ -100,15 +100,16 @@ class BackendConfig(BaseModel):
     name: Literal["auto", "torch", "onnx", "tensorrt"] = Field(
         "auto",
         description="torch (PyTorch eager, the reference), onnx (ONNX Runtime), tensorrt (ONNX "
-        "Runtime's TensorRT provider, GPU); auto = the fastest that passes the accuracy gates "
-        "on this machine",
+        "Runtime's TensorRT provider, GPU); auto = the fastest, timed on this machine, of the "
+        "modes that pass the accuracy gates",
         json_schema_extra={"flag": "backend"},
     )
     quantization: Literal["auto", "none", "int8"] = Field(
         "auto",
-        description="int8 (every backend has the mode: int8 weights x int8 activations through "
-        "Tessera's CPU kernel for torch, engine/backends/README.md) or none; auto goes with "
-        "--backend auto's choice (none for an explicit backend)",
+        description="int8 (every backend has the mode; torch's multiplies by the GGUF's own "
+        "4- and 8-bit weight blocks with int16 activations in Tessera's CPU kernel, "
+        "engine/backends/README.md) or none; auto goes with --backend auto's choice (none for "
+        "an explicit backend)",
     )
     onnx_provider: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
         "auto",
