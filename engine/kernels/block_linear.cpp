@@ -43,6 +43,13 @@ constexpr int64_t kBlock = 32;
 constexpr int64_t kPairSteps = kBlock / 2;
 constexpr int64_t kRowBlock = 64;  // rows per pass over a thread's weights (prefill chunks)
 
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+// 4 rows x 2 zmm panel pairs of accumulators: 1.6x oneDNN float32 at 32 rows (3 pairs: 1.4x)
+constexpr int kMultiRowPanels = 4;
+#else
+constexpr int kMultiRowPanels = 2;  // 16 ymm registers: 4 rows x 2 panels
+#endif
+
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 inline int64_t block_bytes(int64_t bits) { return bits == 4 ? 128 : 256; }
 
@@ -102,7 +109,13 @@ struct Gemm {
 #if defined(__AVX2__)
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define TESSERA_BLOCK_ISA "avx512_vnni"
-inline __m256i dot_pairs(__m256i acc, __m256i a, __m256i w) { return _mm256_dpwssd_epi32(acc, a, w); }
+// In assembly: where the CPU also has AVX-VNNI, GCC picks the VEX form of the intrinsic,
+// which reaches only ymm0-15, and then copied every accumulator in and out of ymm16-31
+// around each instruction (two moves a product step). "v" lets the EVEX form use all 32.
+inline __m256i dot_pairs(__m256i acc, __m256i a, __m256i w) {
+  asm("vpdpwssd %[w], %[a], %[acc]" : [acc] "+v"(acc) : [a] "v"(a), [w] "v"(w));
+  return acc;
+}
 #elif defined(__AVXVNNI__)
 #define TESSERA_BLOCK_ISA "avx_vnni"
 inline __m256i dot_pairs(__m256i acc, __m256i a, __m256i w) {
@@ -184,6 +197,99 @@ void tile(const Gemm& g, int64_t r, int64_t p0, int64_t cols) {
     std::memcpy(g.out + (r + i) * g.n + c0, row, sizeof(float) * cols);
   }
 }
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define TESSERA_BLOCK_ZMM 1
+// 512-bit form for pairs of panels (16 columns): this EPYC runs zmm vpdpwssd at the ymm
+// instruction rate, twice the products (measured 0.14 ns an instruction either way).
+inline __m512i dot_pairs512(__m512i acc, __m512i a, __m512i w) {
+  asm("vpdpwssd %[w], %[a], %[acc]" : [acc] "+v"(acc) : [a] "v"(a), [w] "v"(w));
+  return acc;
+}
+
+inline __m512i load_halves(const uint8_t* lo, const uint8_t* hi) {
+  return _mm512_inserti64x4(
+      _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo))),
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hi)), 1);
+}
+
+inline __m512 load_halves(const float* lo, const float* hi) {
+  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(
+                                                 _mm256_loadu_ps(lo))),
+                                             _mm256_castps_pd(_mm256_loadu_ps(hi)), 1));
+}
+
+// MR rows x NP pairs of panels (from panel p0), the same arithmetic as tile().
+template <int MR, int NP>
+void tile512(const Gemm& g, int64_t r, int64_t p0, int64_t cols) {
+  const int64_t bb = block_bytes(g.bits);
+  const int16_t* aq = g.a->q.data() + r * g.k_pad;
+  __m512 sums[MR][NP];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NP; ++j) sums[i][j] = _mm512_setzero_ps();
+  const __m512i nibble = _mm512_set1_epi16(0xF);
+  for (int64_t blk = 0; blk < g.blocks; ++blk) {
+    __m512i acc[MR][NP];
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_si512();
+    const uint8_t* wb[2 * NP];
+    for (int j = 0; j < 2 * NP; ++j) wb[j] = g.w + ((p0 + j) * g.blocks + blk) * bb;
+    const int16_t* ab = aq + blk * kBlock;
+    if (g.bits == 4) {
+      for (int v = 0; v < 4; ++v) {
+        __m512i packed[NP];
+        for (int j = 0; j < NP; ++j) packed[j] = load_halves(wb[2 * j] + v * 32, wb[2 * j + 1] + v * 32);
+        for (int t = 0; t < 4; ++t) {
+          const int64_t p = v * 4 + t;
+          __m512i w[NP];
+          for (int j = 0; j < NP; ++j)
+            w[j] = t == 3 ? _mm512_srli_epi16(packed[j], 12)
+                          : _mm512_and_si512(_mm512_srli_epi16(packed[j], 4 * t), nibble);
+          for (int i = 0; i < MR; ++i) {
+            int32_t pair;
+            std::memcpy(&pair, ab + i * g.k_pad + 2 * p, sizeof(pair));
+            const __m512i av = _mm512_set1_epi32(pair);
+            for (int j = 0; j < NP; ++j) acc[i][j] = dot_pairs512(acc[i][j], av, w[j]);
+          }
+        }
+      }
+    } else {
+      for (int64_t p = 0; p < kPairSteps; ++p) {
+        __m512i w[NP];
+        for (int j = 0; j < NP; ++j)
+          w[j] = _mm512_cvtepi8_epi16(_mm256_inserti128_si256(
+              _mm256_castsi128_si256(
+                  _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb[2 * j] + p * 16))),
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb[2 * j + 1] + p * 16)), 1));
+        for (int i = 0; i < MR; ++i) {
+          int32_t pair;
+          std::memcpy(&pair, ab + i * g.k_pad + 2 * p, sizeof(pair));
+          const __m512i av = _mm512_set1_epi32(pair);
+          for (int j = 0; j < NP; ++j) acc[i][j] = dot_pairs512(acc[i][j], av, w[j]);
+        }
+      }
+    }
+    for (int j = 0; j < NP; ++j) {
+      const int64_t sc0 = ((p0 + 2 * j) * g.blocks + blk) * kPanel;
+      const int64_t sc1 = ((p0 + 2 * j + 1) * g.blocks + blk) * kPanel;
+      const __m512 d = load_halves(g.d + sc0, g.d + sc1);
+      const __m512 m = g.m ? load_halves(g.m + sc0, g.m + sc1) : _mm512_setzero_ps();
+      for (int i = 0; i < MR; ++i) {
+        const int64_t ai = (r + i) * g.blocks + blk;
+        const __m512 ds = _mm512_mul_ps(d, _mm512_set1_ps(g.a->s[ai]));
+        sums[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][j]), ds, sums[i][j]);
+        if (g.m) sums[i][j] = _mm512_fmadd_ps(m, _mm512_set1_ps(g.a->sum[ai]), sums[i][j]);
+      }
+    }
+  }
+  const int64_t c0 = p0 * kPanel;
+  for (int i = 0; i < MR; ++i) {
+    alignas(64) float row[NP * 2 * kPanel];
+    for (int j = 0; j < NP; ++j) _mm512_store_ps(row + j * 2 * kPanel, sums[i][j]);
+    std::memcpy(g.out + (r + i) * g.n + c0, row, sizeof(float) * cols);
+  }
+}
+#endif
 #else
 #define TESSERA_BLOCK_ISA "portable"
 template <int MR, int NR>
@@ -225,6 +331,21 @@ void tile_rows(const Gemm& g, int mr, int nr, int64_t r, int64_t p, int64_t cols
     if constexpr (NR > 1) tile_rows<NR - 1>(g, mr, nr, r, p, cols);
     return;
   }
+#if defined(TESSERA_BLOCK_ZMM)
+  // Pairs of panels in 512-bit registers, an odd last panel in 256-bit ones.
+  if constexpr (NR >= 2) {
+    constexpr int NP = NR / 2;
+    const int64_t pair_cols = std::min<int64_t>(cols, 2 * NP * kPanel);
+    switch (mr) {
+      case 4: tile512<4, NP>(g, r, p, pair_cols); break;
+      case 3: tile512<3, NP>(g, r, p, pair_cols); break;
+      case 2: tile512<2, NP>(g, r, p, pair_cols); break;
+      default: tile512<1, NP>(g, r, p, pair_cols);
+    }
+    if constexpr (NR % 2 == 1) tile_rows<1>(g, mr, 1, r, p + NR - 1, cols - pair_cols);
+    return;
+  }
+#endif
   switch (mr) {
     case 4: tile<4, NR>(g, r, p, cols); break;
     case 3: tile<3, NR>(g, r, p, cols); break;
@@ -313,7 +434,7 @@ torch::Tensor block_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor 
   if (rows == 0) return call.out;
   // One row (single-stream decode) is bound by reading the weights: 4 panels a tile keep more
   // loads in flight. More rows reuse each weight vector for 4 rows (4 x 2 accumulators).
-  const int nr_max = rows == 1 ? 4 : 2;
+  const int nr_max = rows == 1 ? 4 : kMultiRowPanels;
   const int64_t panels = packed.size(0);
   const int64_t groups = (panels + nr_max - 1) / nr_max;
   at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
@@ -325,10 +446,11 @@ torch::Tensor block_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor 
         const int64_t cols = std::min<int64_t>(n - p * kPanel, nr * kPanel);
         for (int64_t r = r0; r < r1; r += 4) {
           const int mr = static_cast<int>(std::min<int64_t>(4, r1 - r));
-          if (nr_max == 4)
-            tile_rows<4>(g, mr, nr, r, p, cols);
-          else
-            tile_rows<2>(g, mr, nr, r, p, cols);
+          switch (nr_max) {
+            case 6: tile_rows<6>(g, mr, nr, r, p, cols); break;
+            case 4: tile_rows<4>(g, mr, nr, r, p, cols); break;
+            default: tile_rows<2>(g, mr, nr, r, p, cols);
+          }
         }
       }
     }
