@@ -43,6 +43,7 @@ constexpr int64_t kBlock = 32;
 constexpr int64_t kPairSteps = kBlock / 2;
 constexpr int64_t kRowBlock = 64;  // rows per pass over a thread's weights (prefill chunks)
 
+constexpr int kTileRows = 4;  // 8 rows measured no faster (1.35-1.48x oneDNN vs 1.36-1.63x)
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 // 4 rows x 2 zmm panel pairs of accumulators: 1.6x oneDNN float32 at 32 rows (3 pairs: 1.4x)
 constexpr int kMultiRowPanels = 4;
@@ -324,7 +325,26 @@ void tile(const Gemm& g, int64_t r, int64_t p0, int64_t cols) {
 }
 #endif
 
-// Rows [r, r + mr) x panels [p, p + nr), mr <= 4 and nr <= NR.
+// Rows [r, r + mr) x NR panels, mr <= MR, by the largest row count that fits.
+template <int MR, int NR>
+void tile_mr(const Gemm& g, int mr, int64_t r, int64_t p, int64_t cols) {
+  if constexpr (MR > 1) {
+    if (mr < MR) return tile_mr<MR - 1, NR>(g, mr, r, p, cols);
+  }
+  tile<MR, NR>(g, r, p, cols);
+}
+
+#if defined(TESSERA_BLOCK_ZMM)
+template <int MR, int NP>
+void tile512_mr(const Gemm& g, int mr, int64_t r, int64_t p, int64_t cols) {
+  if constexpr (MR > 1) {
+    if (mr < MR) return tile512_mr<MR - 1, NP>(g, mr, r, p, cols);
+  }
+  tile512<MR, NP>(g, r, p, cols);
+}
+#endif
+
+// Rows [r, r + mr) x panels [p, p + nr), mr <= kTileRows and nr <= NR.
 template <int NR>
 void tile_rows(const Gemm& g, int mr, int nr, int64_t r, int64_t p, int64_t cols) {
   if (nr < NR) {
@@ -334,24 +354,13 @@ void tile_rows(const Gemm& g, int mr, int nr, int64_t r, int64_t p, int64_t cols
 #if defined(TESSERA_BLOCK_ZMM)
   // Pairs of panels in 512-bit registers, an odd last panel in 256-bit ones.
   if constexpr (NR >= 2) {
-    constexpr int NP = NR / 2;
-    const int64_t pair_cols = std::min<int64_t>(cols, 2 * NP * kPanel);
-    switch (mr) {
-      case 4: tile512<4, NP>(g, r, p, pair_cols); break;
-      case 3: tile512<3, NP>(g, r, p, pair_cols); break;
-      case 2: tile512<2, NP>(g, r, p, pair_cols); break;
-      default: tile512<1, NP>(g, r, p, pair_cols);
-    }
+    const int64_t pair_cols = std::min<int64_t>(cols, NR / 2 * 2 * kPanel);
+    tile512_mr<kTileRows, NR / 2>(g, mr, r, p, pair_cols);
     if constexpr (NR % 2 == 1) tile_rows<1>(g, mr, 1, r, p + NR - 1, cols - pair_cols);
     return;
   }
 #endif
-  switch (mr) {
-    case 4: tile<4, NR>(g, r, p, cols); break;
-    case 3: tile<3, NR>(g, r, p, cols); break;
-    case 2: tile<2, NR>(g, r, p, cols); break;
-    default: tile<1, NR>(g, r, p, cols);
-  }
+  tile_mr<kTileRows, NR>(g, mr, r, p, cols);
 }
 
 struct Call {
@@ -444,8 +453,8 @@ torch::Tensor block_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor 
         const int64_t p = grp * nr_max;
         const int nr = static_cast<int>(std::min<int64_t>(nr_max, panels - p));
         const int64_t cols = std::min<int64_t>(n - p * kPanel, nr * kPanel);
-        for (int64_t r = r0; r < r1; r += 4) {
-          const int mr = static_cast<int>(std::min<int64_t>(4, r1 - r));
+        for (int64_t r = r0; r < r1; r += kTileRows) {
+          const int mr = static_cast<int>(std::min<int64_t>(kTileRows, r1 - r));
           switch (nr_max) {
             case 6: tile_rows<6>(g, mr, nr, r, p, cols); break;
             case 4: tile_rows<4>(g, mr, nr, r, p, cols); break;
