@@ -22,9 +22,6 @@ log = logging.getLogger(__name__)
 
 async def build_embedded(config: ServeConfig, engine: LLMEngine | None = None) -> GatewayServer:
     """Load the engine (unless given) and put it behind a gateway; not yet serving."""
-    core = (
-        engine if engine is not None else await asyncio.to_thread(LLMEngine, config.engine_config())
-    )
     rag_server = await _start_rag(config) if config.rag.enabled else None
     rag_client = InProcessRagClient(rag_server.service) if rag_server else None
     gateway = Gateway(
@@ -34,7 +31,10 @@ async def build_embedded(config: ServeConfig, engine: LLMEngine | None = None) -
     )
     holder: list[AsyncEngine] = []
     metrics = EngineMetrics(gateway.registry, lambda: holder[0].stats())
-    aengine = AsyncEngine(core, observer=metrics)
+    # Built on the engine thread (AsyncEngine: one OpenMP team), off the event loop.
+    source = engine if engine is not None else (lambda: LLMEngine(config.engine_config()))
+    aengine = await asyncio.to_thread(AsyncEngine, source, metrics)
+    core = aengine.engine
     holder.append(aengine)
     gateway.pool.add_client("local", LocalEngineClient(aengine))
     server = GatewayServer(gateway)

@@ -141,8 +141,11 @@ class EnginePod:
     async def load(self) -> None:
         """Load and warm the model off the event loop, then turn SERVING."""
         t0 = time.perf_counter()
-        core = await asyncio.to_thread(LLMEngine, self.config, self._bundle)
-        self._engine = AsyncEngine(core, observer=self.metrics)
+        # Built on the engine thread (AsyncEngine: one OpenMP team), off the event loop.
+        self._engine = await asyncio.to_thread(
+            AsyncEngine, lambda: LLMEngine(self.config, self._bundle), self.metrics
+        )
+        core = self._engine.engine
         Gauge(
             "tessera_engine_info",
             "Static description of the engine (value 1).",
