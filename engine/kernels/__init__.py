@@ -37,10 +37,13 @@ _SOURCES = [
 # Compiler flags per instruction set of block_linear.cpp's paths; the CPU flags each needs.
 BLOCK_LINEAR_ISAS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "portable": (["-mno-avx2", "-mno-avx512f"], ()),
-    "avx2": (["-mavx2", "-mfma", "-mno-avx512f", "-mno-avxvnni"], ("avx2", "fma")),
+    "avx2": (
+        ["-mavx2", "-mfma", "-mf16c", "-mno-avx512f", "-mno-avxvnni"],
+        ("avx2", "fma", "f16c"),
+    ),
     "avx512_vnni": (
-        ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],
-        ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
+        ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],
+        ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
     ),
 }
 

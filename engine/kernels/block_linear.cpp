@@ -22,12 +22,14 @@
 //   8 bits: 16 pair steps x 16 int8, 256 bytes;
 //   4 bits: 4 vectors of 16 uint16 words, 128 bytes; nibble t of word i of vector j is lane i
 //   of pair step 4j + t, so shifting by 4t and masking yields a pair step in int16 directly.
-// Scales are packed [panels][blocks][8] float32.
+// Scales are packed [panels][blocks][8] float16, as GGUF stores them (every d and m of a Q4_1 or
+// Q8_0 block is a float16 value): 2 of the 4.5 bits a weight reads in single-stream decode
+// would otherwise be 4.
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
 
-#if defined(__AVX2__)
+#if defined(__AVX2__) && defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -101,13 +103,18 @@ Activations quantize_activations(const float* x, int64_t rows, int64_t k, int64_
 struct Gemm {
   const Activations* a;
   const uint8_t* w;      // packed weights
-  const float* d;        // [panels, blocks, 8]
-  const float* m;        // [panels, blocks, 8] or nullptr (8-bit weights)
+  const uint16_t* d;     // [panels, blocks, 8] float16
+  const uint16_t* m;     // [panels, blocks, 8] float16, or nullptr (8-bit weights)
   float* out;            // [rows, n]
   int64_t k_pad, blocks, bits, n;
 };
 
-#if defined(__AVX2__)
+#if defined(__AVX2__) && defined(__F16C__)
+// 8 float16 scales as float32 (exact).
+inline __m256 load_scales(const uint16_t* h) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h)));
+}
+
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define TESSERA_BLOCK_ISA "avx512_vnni"
 // In assembly: where the CPU also has AVX-VNNI, GCC picks the VEX form of the intrinsic,
@@ -181,8 +188,8 @@ void tile(const Gemm& g, int64_t r, int64_t p0, int64_t cols) {
     }
     for (int j = 0; j < NR; ++j) {
       const int64_t sc = ((p0 + j) * g.blocks + blk) * kPanel;
-      const __m256 d = _mm256_loadu_ps(g.d + sc);
-      const __m256 m = g.m ? _mm256_loadu_ps(g.m + sc) : _mm256_setzero_ps();
+      const __m256 d = load_scales(g.d + sc);
+      const __m256 m = g.m ? load_scales(g.m + sc) : _mm256_setzero_ps();
       for (int i = 0; i < MR; ++i) {
         const int64_t ai = (r + i) * g.blocks + blk;
         const __m256 ds = _mm256_mul_ps(d, _mm256_set1_ps(g.a->s[ai]));
@@ -214,10 +221,10 @@ inline __m512i load_halves(const uint8_t* lo, const uint8_t* hi) {
       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hi)), 1);
 }
 
-inline __m512 load_halves(const float* lo, const float* hi) {
-  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(
-                                                 _mm256_loadu_ps(lo))),
-                                             _mm256_castps_pd(_mm256_loadu_ps(hi)), 1));
+inline __m512 load_halves(const uint16_t* lo, const uint16_t* hi) {
+  return _mm512_cvtph_ps(_mm256_inserti128_si256(
+      _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lo))),
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(hi)), 1));
 }
 
 // MR rows x NP pairs of panels (from panel p0), the same arithmetic as tile().
@@ -297,6 +304,8 @@ template <int MR, int NR>
 void tile(const Gemm& g, int64_t r, int64_t p0, int64_t cols);
 #endif
 
+inline float half_to_float(uint16_t h) { return c10::detail::fp16_ieee_to_fp32_value(h); }
+
 // One output (row r, column c) the plain way: the reference every vector path must equal.
 float reference_output(const Gemm& g, int64_t r, int64_t c) {
   const int64_t bb = block_bytes(g.bits), panel = c / kPanel, col = c % kPanel;
@@ -309,14 +318,14 @@ float reference_output(const Gemm& g, int64_t r, int64_t c) {
       for (int64_t h = 0; h < 2; ++h)
         isum += int32_t{aq[blk * kBlock + 2 * p + h]} * packed_weight(wb, g.bits, p, 2 * col + h);
     const int64_t sc = (panel * g.blocks + blk) * kPanel + col, ai = r * g.blocks + blk;
-    const float ds = g.d[sc] * g.a->s[ai];
+    const float ds = half_to_float(g.d[sc]) * g.a->s[ai];
     sum = std::fma(static_cast<float>(isum), ds, sum);
-    if (g.m) sum = std::fma(g.m[sc], g.a->sum[ai], sum);
+    if (g.m) sum = std::fma(half_to_float(g.m[sc]), g.a->sum[ai], sum);
   }
   return sum;
 }
 
-#if !defined(__AVX2__)
+#if !(defined(__AVX2__) && defined(__F16C__))
 template <int MR, int NR>
 void tile(const Gemm& g, int64_t r, int64_t p0, int64_t cols) {
   for (int i = 0; i < MR; ++i)
@@ -379,9 +388,9 @@ Call prepare(torch::Tensor x, const torch::Tensor& packed, const torch::Tensor& 
   const int64_t panels = packed.size(0), blocks = packed.size(1);
   TORCH_CHECK(n > (panels - 1) * kPanel && n <= panels * kPanel, "n does not match the weight");
   auto check_scales = [&](const torch::Tensor& t, const char* what) {
-    TORCH_CHECK(t.scalar_type() == torch::kFloat32 && t.is_contiguous() && t.dim() == 3 &&
+    TORCH_CHECK(t.scalar_type() == torch::kHalf && t.is_contiguous() && t.dim() == 3 &&
                     t.size(0) == panels && t.size(1) == blocks && t.size(2) == kPanel,
-                what, " must be float32 [panels, blocks, 8]");
+                what, " must be float16 [panels, blocks, 8]");
   };
   check_scales(d, "d");
   TORCH_CHECK(bits == 4 || !m.has_value(), "8-bit blocks have no minimum");
@@ -392,8 +401,11 @@ Call prepare(torch::Tensor x, const torch::Tensor& packed, const torch::Tensor& 
   x = x.contiguous();
   Call call{torch::empty({rows, n}, x.options()),
             quantize_activations(x.data_ptr<float>(), rows, k, k_pad), {}};
-  call.g = Gemm{&call.a, packed.data_ptr<uint8_t>(), d.data_ptr<float>(),
-                m ? m->data_ptr<float>() : nullptr, call.out.data_ptr<float>(), k_pad,
+  auto halves = [](const torch::Tensor& t) {
+    return reinterpret_cast<const uint16_t*>(t.data_ptr<at::Half>());
+  };
+  call.g = Gemm{&call.a, packed.data_ptr<uint8_t>(), halves(d),
+                m ? halves(*m) : nullptr, call.out.data_ptr<float>(), k_pad,
                 blocks, bits, n};
   return call;
 }

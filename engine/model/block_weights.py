@@ -80,8 +80,11 @@ def to_blocks(w: torch.Tensor) -> BlockWeight:
 
 
 def pack_scales(s: torch.Tensor) -> torch.Tensor:
-    """Per-block scales [n, blocks] in the kernel's layout [panels, blocks, 8], zero padded."""
+    """Per-block scales [n, blocks] (float16 values) in the kernel's layout [panels, blocks,
+    8] float16, zero padded."""
     n, blocks = s.shape
-    padded = torch.zeros(-(-n // PANEL) * PANEL, blocks, dtype=torch.float32)
+    if not torch.equal(s.half().float(), s.float()):
+        raise ValueError("block scales must be float16 values")
+    padded = torch.zeros(-(-n // PANEL) * PANEL, blocks, dtype=torch.float16)
     padded[:n] = s
     return padded.view(-1, PANEL, blocks).permute(0, 2, 1).contiguous()
