@@ -136,17 +136,22 @@ def measure_decode(backend: Backend, batches: tuple[int, ...] = SPEED_BATCHES) -
     block_size = 16
     blocks = (_SPEED_CONTEXT // block_size + 1) * max(batches)
     backend.allocate_kv_cache(blocks, block_size)
-    speed = {}
-    for batch in batches:
-        inputs = decode_inputs(batch, _SPEED_CONTEXT, block_size)
+    return {
+        batch: batch
+        / median_step_seconds(backend, decode_inputs(batch, _SPEED_CONTEXT, block_size))
+        for batch in batches
+    }
+
+
+def median_step_seconds(backend: Backend, inputs: BatchInputs, steps: int = _SPEED_STEPS) -> float:
+    """The median time of ``steps`` forward passes over ``inputs``, after one warm-up pass."""
+    backend.forward(inputs)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
         backend.forward(inputs)
-        times = []
-        for _ in range(_SPEED_STEPS):
-            t = time.perf_counter()
-            backend.forward(inputs)
-            times.append(time.perf_counter() - t)
-        speed[batch] = batch / statistics.median(times)
-    return speed
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
 
 
 class _Records:

@@ -10,8 +10,6 @@ the float model's answer and the gate figures, never an output that depends on t
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,8 +17,8 @@ import pytest
 
 from engine import accuracy
 from engine.accuracy import GATE_TEXT, compare_on_text, run_gates
-from engine.backend_choice import Measured, choose_backend, decode_inputs
-from engine.backends import Backend, BackendOptions, BatchInputs, create_backend, onnx_graph
+from engine.backend_choice import Measured, choose_backend, decode_inputs, median_step_seconds
+from engine.backends import Backend, BackendOptions, create_backend, onnx_graph
 from engine.model_source import ModelBundle
 from engine.sampling_params import SamplingParams
 from tests.conftest import make_engine
@@ -111,16 +109,6 @@ def test_float_onnx_engine_greedy_matches_the_reference(
     check_all(hf_reference_model, prompts, outputs)
 
 
-def _median_step(backend: Backend, inputs: BatchInputs, steps: int = 7) -> float:
-    backend.forward(inputs)
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        backend.forward(inputs)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def test_onnx_step_time_does_not_grow_with_the_pool(
     smollm2_bundle: ModelBundle, artifacts: Path
 ) -> None:
@@ -130,9 +118,9 @@ def test_onnx_step_time_does_not_grow_with_the_pool(
     backend = create_backend("onnx", smollm2_bundle, opts)
     inputs = decode_inputs(batch=8, context=100, block_size=16)
     backend.allocate_kv_cache(64, 16)
-    small = _median_step(backend, inputs)
+    small = median_step_seconds(backend, inputs, steps=7)
     backend.allocate_kv_cache(2048, 16)
-    large = _median_step(backend, inputs)
+    large = median_step_seconds(backend, inputs, steps=7)
     print(f"step: {1e3 * small:.1f} ms with 64 blocks, {1e3 * large:.1f} ms with 2048 blocks")
     assert large < 1.5 * small + 0.01
 
