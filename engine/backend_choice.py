@@ -28,6 +28,7 @@ from engine.accuracy import CHAT_PROMPTS, GATE_TEXT, GateResult, run_gates
 from engine.backends import Backend, BackendOptions, BatchInputs, create_backend
 from engine.backends.onnx_graph import GRAPH_VERSION, weights_fingerprint
 from engine.backends.torch_backend import TORCH_INT8_FORM
+from engine.kernels import kernel_sources_digest
 from engine.model_source import ModelBundle
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ def _record_key(bundle: ModelBundle, name: str, options: BackendOptions) -> str:
             options.num_threads,
             GRAPH_VERSION,  # a changed INT8 form must be gated afresh
             TORCH_INT8_FORM,
+            kernel_sources_digest(),  # new kernels are timed afresh
             torch.__version__,
             onnxruntime.__version__,
             platform.machine(),

@@ -8,6 +8,7 @@ linear kernel for one named instruction set, so tests run every path the CPU can
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -32,6 +33,15 @@ _SOURCES = [
         "small_batch_linear.cpp",
     )
 ]
+
+
+@cache
+def kernel_sources_digest() -> str:
+    """A digest of the kernels' sources: what a cached timing of them depends on."""
+    digest = hashlib.sha256()
+    for path in sorted(_HERE.glob("*.[ch]*")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 # Compiler flags per instruction set of block_linear.cpp's paths; the CPU flags each needs.
