@@ -135,6 +135,7 @@ def decode_inputs(batch: int, context: int, block_size: int) -> BatchInputs:
 def measure_decode(backend: Backend, batches: tuple[int, ...] = SPEED_BATCHES) -> dict[int, float]:
     """Decode tokens/s of ``backend`` at each batch size: the median of a few steps after one
     warm-up step; reallocates its KV pool."""
+    backend.activate()
     block_size = 16
     blocks = (_SPEED_CONTEXT // block_size + 1) * max(batches)
     backend.allocate_kv_cache(blocks, block_size)
@@ -241,6 +242,7 @@ def choose_backend(
     chosen = built.pop(key) if key in built else None
     backend = chosen or create_backend(best.name, bundle, _with(options, best.quantization))
     built.clear()
+    backend.activate()
     return BackendChoice(backend, best.name, best.quantization, _reason(best, measured, refused))
 
 

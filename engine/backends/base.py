@@ -64,6 +64,10 @@ class Backend(ABC):
         self.block_size = 16
         self.num_blocks = 0
 
+    def activate(self) -> None:  # noqa: B027 - a hook: most backends have no such setting
+        """Re-apply the process-wide settings this backend runs with (torch's thread count),
+        which building another backend in this process may have changed."""
+
     @abstractmethod
     def kv_bytes_per_block(self, block_size: int) -> int:
         """Bytes one block takes across all layers (K and V)."""

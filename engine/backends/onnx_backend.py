@@ -96,12 +96,8 @@ class OnnxBackend(Backend):
         cache_dir = options.artifact_dir or default_cache_dir()
         model_path = build_model_file(bundle, graph, cache_dir)
         self.session = self._session(ort, model_path, ep, options)
-        if provider == "cpu":
-            # ORT's threads spin between calls and so do torch's OpenMP threads: on a small
-            # CPU each pool then waits out the other's spinning (measured on 2 cores: the
-            # first torch op after a step took 3.5 ms, single-stream decode 56 -> 119 tok/s
-            # once torch ran on one thread). The torch glue here is a few small copies.
-            torch.set_num_threads(1)
+        self._torch_single_thread = provider == "cpu"
+        self.activate()
         self.device = torch.device("cuda", self._device_id()) if provider != "cpu" else None
         self.torch_device = self.device or torch.device("cpu")
         self.pool = torch.zeros(0)
@@ -154,6 +150,14 @@ class OnnxBackend(Backend):
         return ort.InferenceSession(str(model_path), so, providers=providers)
 
     # -- KV pool ----------------------------------------------------------------------------
+
+    def activate(self) -> None:
+        if self._torch_single_thread:
+            # ORT's threads spin between calls and so do torch's OpenMP threads: on a small
+            # CPU each pool then waits out the other's spinning (measured on 2 cores: the
+            # first torch op after a step took 3.5 ms, single-stream decode 56 -> 119 tok/s
+            # once torch ran on one thread). The torch glue here is a few small copies.
+            torch.set_num_threads(1)
 
     def kv_bytes_per_block(self, block_size: int) -> int:
         return self.bundle.config.kv_bytes_per_token(4) * block_size

@@ -32,8 +32,7 @@ class TorchBackend(Backend):
             raise ValueError(f"unknown dtype {options.dtype!r}; use one of {sorted(_DTYPES)}")
         if options.device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError("device cuda requested but no CUDA device is visible")
-        # Always set: an ONNX backend built earlier in this process leaves torch on one thread.
-        torch.set_num_threads(options.num_threads or len(os.sched_getaffinity(0)))
+        self.activate()
         self.device = torch.device(options.device)
         self.dtype = _DTYPES[options.dtype]
         cpu_float32 = self.device.type == "cpu" and self.dtype == torch.float32
@@ -78,6 +77,11 @@ class TorchBackend(Backend):
             self.native_decode = kernels.paged_decode_attention
             self.native_store = kernels.store_kv
             self.model.use_native_kernels(kernels)
+
+    def activate(self) -> None:
+        # Always set: an ONNX backend built in this process leaves torch on one thread (auto
+        # builds several candidates; the one it keeps may not be the last built).
+        torch.set_num_threads(self.options.num_threads or len(os.sched_getaffinity(0)))
 
     def kv_bytes_per_block(self, block_size: int) -> int:
         cfg = self.bundle.config

@@ -10,10 +10,12 @@ the float model's answer and the gate figures, never an output that depends on t
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine import accuracy
 from engine.accuracy import GATE_TEXT, compare_on_text, run_gates
@@ -190,6 +192,8 @@ def test_auto_falls_back_to_float_when_no_int8_mode_passes(
     assert (choice.name, choice.quantization) == ("torch", "none")
     assert "failed the gates" in choice.reason
     assert "no INT8 form passes the accuracy gates here" in choice.reason
+    # The ONNX candidate built after the float reference put torch on one thread.
+    assert torch.get_num_threads() == len(os.sched_getaffinity(0))
 
 
 def test_default_answers_the_capital_question_like_float(
