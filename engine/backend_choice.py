@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 CPU_CANDIDATES = [("torch", "int8"), ("onnx", "int8"), ("torch", "none")]
 # On CUDA only the PyTorch path is verified so far (TensorRT INT8 is opt-in: README).
 GPU_CANDIDATES = [("torch", "none")]
+_REFERENCE = ("torch", "none")  # what reduced-precision candidates are gated against
 SPEED_BATCHES = (1, 32)
 _SPEED_CONTEXT = 64  # tokens already in each sequence's KV while timing a decode step
 _SPEED_STEPS = 5
@@ -194,53 +195,41 @@ def choose_backend(
     if quantization != "auto":
         candidates = [c for c in candidates if c[1] == quantization] or [("torch", quantization)]
     records = _Records(cache_dir, bundle)
-    built: dict[tuple[str, str], Backend] = {}
+    built: dict[tuple[str, str], Backend] = {}  # each built at most once, the reference too
+
+    def backend_for(key: tuple[str, str]) -> Backend:
+        if key not in built:
+            built[key] = create_backend(key[0], bundle, _with(options, key[1]))
+        return built[key]
+
     measured: list[Measured] = []
     refused: list[str] = []
-    reference: Backend | None = None
-    for cand_name, quant in candidates:
-        opts = _with(options, quant)
-        record = records.load(cand_name, opts)
+    for key in candidates:
+        opts = _with(options, key[1])
+        record = records.load(key[0], opts)
         if record is None:
             try:
-                is_reference = (cand_name, quant) == ("torch", "none")
-                backend = (
-                    reference
-                    if is_reference and reference is not None
-                    else create_backend(cand_name, bundle, opts)
-                )
+                backend = backend_for(key)
             except (RuntimeError, ValueError, ImportError, OSError) as e:
-                refused.append(f"{cand_name} {quant}: {e}")
+                refused.append(f"{key[0]} {key[1]}: {e}")
                 continue
             gate = None
-            if quant != "none":
-                if reference is None:
-                    reference = built.get(("torch", "none")) or create_backend(
-                        "torch", bundle, _with(options, "none")
-                    )
-                log.info(
-                    "measuring %s %s against the float model (once per machine)", cand_name, quant
-                )
-                gate = run_gates(reference, backend, bundle.tokenizer)
+            if key[1] != "none":
+                log.info("measuring %s %s against the float model (once per machine)", *key)
+                gate = run_gates(backend_for(_REFERENCE), backend, bundle.tokenizer)
             passed = gate is None or gate.passed
-            record = Measured(cand_name, quant, gate, measure_decode(backend) if passed else {})
+            record = Measured(key[0], key[1], gate, measure_decode(backend) if passed else {})
             records.save(record, opts)
-            if passed:
-                built[(cand_name, quant)] = backend
-            if (cand_name, quant) == ("torch", "none"):
-                reference = backend
         if not record.passed:
             assert record.gate is not None
-            refused.append(f"{cand_name} {quant}: failed the gates ({record.gate.describe()})")
+            refused.append(f"{key[0]} {key[1]}: failed the gates ({record.gate.describe()})")
+            built.pop(key, None)
             continue
         measured.append(record)
-    del reference
     if not measured:
         raise RuntimeError("no backend could start: " + "; ".join(refused))
     best = max(measured, key=lambda m: m.score)
-    key = (best.name, best.quantization)
-    chosen = built.pop(key) if key in built else None
-    backend = chosen or create_backend(best.name, bundle, _with(options, best.quantization))
+    backend = backend_for((best.name, best.quantization))
     built.clear()
     backend.activate()
     return BackendChoice(backend, best.name, best.quantization, _reason(best, measured, refused))

@@ -25,12 +25,6 @@ def cpu_flags() -> set[str]:
     return set(_cpuinfo()[1].partition(":")[2].split())
 
 
-def has_avx2() -> bool:
-    """Whether the CPU has AVX2, which the int8 matmul kernel (engine/kernels) is written for;
-    elsewhere it compiles to a slow portable loop."""
-    return " avx2" in _cpuinfo()[1]
-
-
 @cache
 def cpu_id() -> str:
     """A short identity of this CPU's model and instruction-set flags, for per-machine

@@ -46,7 +46,6 @@ def kernel_sources_digest() -> str:
 
 # Compiler flags per instruction set of block_linear.cpp's paths; the CPU flags each needs.
 BLOCK_LINEAR_ISAS: dict[str, tuple[list[str], tuple[str, ...]]] = {
-    "portable": (["-mno-avx2", "-mno-avx512f"], ()),
     "avx2": (
         ["-mavx2", "-mfma", "-mf16c", "-mno-avx512f", "-mno-avxvnni"],
         ("avx2", "fma", "f16c"),
