@@ -77,6 +77,8 @@ class TorchBackend(Backend):
             self.native_decode = kernels.paged_decode_attention
             self.native_store = kernels.store_kv
             self.model.use_native_kernels(kernels)
+            if options.quantization == "int8":
+                self.model.use_decode_stack(kernels)
 
     def activate(self) -> None:
         # Always set: an ONNX backend built in this process leaves torch on one thread (auto

@@ -31,6 +31,7 @@ _SOURCES = [
         "rope_and_kv.cpp",
         "silu_and_mul.cpp",
         "small_batch_linear.cpp",
+        "decode_stack.cpp",
     )
 ]
 

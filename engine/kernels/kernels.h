@@ -40,3 +40,38 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps);
 
 // silu(gate) * up of a fused [rows, 2 * inter] gate/up output (float32); silu_and_mul.cpp.
 torch::Tensor silu_and_mul(torch::Tensor gate_up);
+
+// One projection over weight blocks, as block_linear takes it: packed, d, m, n, bits.
+using BlockProjection =
+    std::tuple<torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>, int64_t, int64_t>;
+
+// Every decoder layer of a decode-only step in one call, for the model over weight blocks
+// (RMSNorm, fused QKV, RoPE, paged K/V write and decode attention, o, SwiGLU MLP): the same
+// kernels, in the same order, as the Python layer loop; decode_stack.cpp.
+class BlockDecodeStack {
+ public:
+  BlockDecodeStack(int64_t heads, int64_t kv_heads, int64_t head_dim, double eps)
+      : heads_(heads), kv_heads_(kv_heads), head_dim_(head_dim), eps_(eps) {}
+  // Appends the next layer's weights (norm weights float32 [hidden]).
+  void add_layer(BlockProjection qkv, BlockProjection o, BlockProjection gate_up,
+                 BlockProjection down, torch::Tensor input_norm,
+                 torch::Tensor post_attention_norm);
+  // h [sequences, hidden] after the embedding -> h after the last layer (before the final
+  // norm); cos, sin [sequences, head_dim]; one K and V pool per layer; each sequence's slot,
+  // block table and context length (this token included).
+  torch::Tensor forward(torch::Tensor h, torch::Tensor cos, torch::Tensor sin,
+                        const std::vector<torch::Tensor>& k_caches,
+                        const std::vector<torch::Tensor>& v_caches, torch::Tensor slots,
+                        torch::Tensor block_tables, torch::Tensor context_lens) const;
+  int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
+
+ private:
+  struct Layer {
+    BlockProjection qkv, o, gate_up, down;
+    torch::Tensor input_norm, post_attention_norm;
+  };
+  static torch::Tensor linear(const BlockProjection& p, const torch::Tensor& x);
+  int64_t heads_, kv_heads_, head_dim_;
+  double eps_;
+  std::vector<Layer> layers_;
+};

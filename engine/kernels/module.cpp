@@ -30,5 +30,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("small_batch_linear", &small_batch_linear, NoGil(),
         "x [rows <= 4, k] float32 @ w [n, k].T, streaming each weight row once");
   m.def("rms_norm", &rms_norm, NoGil(), "x [rows, n] float32 * rsqrt(mean(x^2) + eps) * weight [n]");
+  py::class_<BlockDecodeStack>(m, "BlockDecodeStack",
+                               "every decoder layer of a decode-only step over weight blocks")
+      .def(py::init<int64_t, int64_t, int64_t, double>(), py::arg("heads"), py::arg("kv_heads"),
+           py::arg("head_dim"), py::arg("eps"))
+      .def("add_layer", &BlockDecodeStack::add_layer, py::arg("qkv"), py::arg("o"),
+           py::arg("gate_up"), py::arg("down"), py::arg("input_norm"),
+           py::arg("post_attention_norm"),
+           "append a layer: each projection as (packed, d, m, n, bits)")
+      .def("forward", &BlockDecodeStack::forward, NoGil(), py::arg("h"), py::arg("cos"),
+           py::arg("sin"), py::arg("k_caches"), py::arg("v_caches"), py::arg("slots"),
+           py::arg("block_tables"), py::arg("context_lens"),
+           "h [sequences, hidden] through every layer, one new token per sequence")
+      .def_property_readonly("num_layers", &BlockDecodeStack::num_layers);
 #endif
 }

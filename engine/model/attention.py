@@ -159,6 +159,26 @@ class PagedAttention:
     ) -> torch.Tensor:
         return paged_attention(q, k, v, self.caches[layer], self.meta)
 
+    def decode_stack(
+        self, stack: Any, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor | None:
+        """h [n, hidden] through every layer by ``stack`` (engine.kernels.BlockDecodeStack) when
+        this step decodes only (one token per sequence, native decode attention); else None:
+        the layer loop runs."""
+        meta = self.meta
+        if meta.native_decode is None or meta.num_decodes != h.shape[0]:
+            return None
+        return stack.forward(
+            h,
+            cos,
+            sin,
+            [c.k for c in self.caches],
+            [c.v for c in self.caches],
+            meta.slot_mapping,
+            meta.decode_block_tables,
+            meta.decode_context_lens,
+        )
+
 
 class GatheredPoolAttention:
     """Attention for a compiled graph over one resident pool it only reads.

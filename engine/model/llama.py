@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.model.attention import LayerAttention
+from engine.model.attention import LayerAttention, PagedAttention
 from engine.model.block_weights import pack_scales, to_blocks
 from engine.model.rope import RotaryEmbedding, apply_rope
 from engine.model_source.arch import LlamaArchConfig
@@ -174,6 +174,16 @@ class Projection(nn.Linear):
         return out.t().contiguous()
 
 
+def _block_arguments(
+    projection: Projection,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int, int]:
+    """A block-weight projection as kernels.BlockDecodeStack takes it: packed, d, m, n, bits."""
+    b = projection.blocks
+    if b is None:
+        raise ValueError("the decode stack needs every projection over weight blocks")
+    return b.packed, b.d, b.m, b.out_features, b.bits
+
+
 def _native_bf16() -> bool:
     """Whether oneDNN runs bf16 matmuls natively on this CPU (AVX-512 BF16, AMX)."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -270,6 +280,9 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = Projection(cfg.hidden_size, cfg.vocab_size)
         self.rotary = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling)
+        # engine.kernels' BlockDecodeStack over the layers' weight blocks (use_block_weights):
+        # every layer of a decode-only eager step in one native call.
+        self.decode_stack: object | None = None
         self.requires_grad_(False)
 
     def forward(
@@ -282,8 +295,14 @@ class LlamaModel(nn.Module):
         """Logits [num_rows, vocab] for the requested rows; ``attention`` keeps every KV."""
         cos, sin = self.rotary(positions)
         h = self.embed_tokens(token_ids)
-        for layer in self.layers:
-            h = layer(h, cos, sin, attention)
+        stacked = None
+        if self.decode_stack is not None and isinstance(attention, PagedAttention):
+            stacked = attention.decode_stack(self.decode_stack, h, cos, sin)
+        if stacked is not None:
+            h = stacked
+        else:
+            for layer in self.layers:
+                h = layer(h, cos, sin, attention)
         # Only sampled rows need the final norm and the (large) vocabulary projection.
         h = self.norm(h[logits_indices])
         logits = self.lm_head(h)
@@ -345,6 +364,24 @@ class LlamaModel(nn.Module):
                 if not tied:
                     module.weight = nn.Parameter(torch.empty(0), requires_grad=False)
         return exact, total
+
+    def use_decode_stack(self, kernels: ModuleType) -> None:
+        """Decode-only eager steps run every layer in one native call (kernels.BlockDecodeStack:
+        the same kernels in the same order as the layer loop, without ~17 Python calls a
+        layer). Needs the block weights (use_block_weights) and the native kernels."""
+        cfg = self.cfg
+        stack = kernels.BlockDecodeStack(
+            cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps
+        )
+        for layer in self.layers:
+            assert isinstance(layer, DecoderLayer)
+            projections = (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj)
+            stack.add_layer(
+                *(_block_arguments(p) for p in projections),
+                layer.input_layernorm.weight,
+                layer.post_attention_layernorm.weight,
+            )
+        self.decode_stack = stack
 
     def use_native_kernels(self, kernels: ModuleType) -> None:
         """RMSNorm, RoPE and SwiGLU through the compiled one-pass kernels (engine.kernels),
