@@ -70,7 +70,63 @@ struct Activations {
   std::vector<float> sum;  // [rows, blocks] s * sum of the block's q
 };
 
-Activations quantize_activations(const float* x, int64_t rows, int64_t k, int64_t k_pad) {
+// One block of n <= 32 activations to int16 with its symmetric scale; returns the sum of the
+// quantized values. The scalar definition: the reference build uses it for every block.
+int32_t quantize_block_scalar(const float* src, int64_t n, int16_t* dst, float* scale) {
+  float amax = 0.f;
+  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(src[i]));
+  const float inv = amax > 0.f ? 32767.f / amax : 0.f;
+  int32_t total = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    dst[i] = static_cast<int16_t>(std::nearbyint(src[i] * inv));
+    total += dst[i];
+  }
+  for (int64_t i = n; i < kBlock; ++i) dst[i] = 0;
+  *scale = amax / 32767.f;
+  return total;
+}
+
+#if defined(__AVX2__)
+// The same for a whole block in AVX2: the same maximum, the same products, and
+// round-to-nearest-even conversion (what nearbyint does in the default rounding mode), so the
+// result is the scalar one to the bit (the tests compare each build with the reference).
+// Scalar code spent about a fifth of a 32-row down projection here.
+int32_t quantize_block(const float* src, int16_t* dst, float* scale) {
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  __m256 v[4];
+  __m256 mx = _mm256_setzero_ps();
+  for (int j = 0; j < 4; ++j) {
+    v[j] = _mm256_loadu_ps(src + 8 * j);
+    mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, v[j]));
+  }
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  const float amax = _mm_cvtss_f32(m4);
+  const float inv = amax > 0.f ? 32767.f / amax : 0.f;
+  const __m256 vinv = _mm256_set1_ps(inv);
+  __m256i q[4];
+  __m256i sum = _mm256_setzero_si256();
+  for (int j = 0; j < 4; ++j) {
+    q[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], vinv));
+    sum = _mm256_add_epi32(sum, q[j]);
+  }
+  // packs works per 128-bit lane: [q0 lo, q1 lo, q0 hi, q1 hi]; the permute restores order.
+  const __m256i lo = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0xD8);
+  const __m256i hi = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[2], q[3]), 0xD8);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), lo);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 16), hi);
+  __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+  *scale = amax / 32767.f;
+  return _mm_cvtsi128_si32(s4);
+}
+#endif
+
+// Activations to int16 per row and block of 32; `scalar` takes the reference's loop.
+Activations quantize_activations(const float* x, int64_t rows, int64_t k, int64_t k_pad,
+                                 bool scalar) {
   const int64_t blocks = k_pad / kBlock;
   Activations a{std::vector<int16_t>(static_cast<size_t>(rows * k_pad)),
                 std::vector<float>(static_cast<size_t>(rows * blocks)),
@@ -80,19 +136,16 @@ Activations quantize_activations(const float* x, int64_t rows, int64_t k, int64_
       for (int64_t b = 0; b < blocks; ++b) {
         const int64_t k0 = b * kBlock, n = std::max<int64_t>(0, std::min(k, k0 + kBlock) - k0);
         const float* src = x + r * k + k0;
-        float amax = 0.f;
-        for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(src[i]));
-        const float inv = amax > 0.f ? 32767.f / amax : 0.f;
         int16_t* dst = a.q.data() + r * k_pad + k0;
-        int32_t total = 0;
-        for (int64_t i = 0; i < n; ++i) {
-          dst[i] = static_cast<int16_t>(std::nearbyint(src[i] * inv));
-          total += dst[i];
-        }
-        for (int64_t i = n; i < kBlock; ++i) dst[i] = 0;
-        const float s = amax / 32767.f;
-        a.s[r * blocks + b] = s;
-        a.sum[r * blocks + b] = s * static_cast<float>(total);
+        float* s = &a.s[r * blocks + b];
+        int32_t total;
+#if defined(__AVX2__)
+        if (!scalar && n == kBlock)
+          total = quantize_block(src, dst, s);
+        else
+#endif
+          total = quantize_block_scalar(src, n, dst, s);
+        a.sum[r * blocks + b] = *s * static_cast<float>(total);
       }
     }
   });
@@ -379,7 +432,7 @@ struct Call {
 };
 
 Call prepare(torch::Tensor x, const torch::Tensor& packed, const torch::Tensor& d,
-             const c10::optional<torch::Tensor>& m, int64_t n, int64_t bits) {
+             const c10::optional<torch::Tensor>& m, int64_t n, int64_t bits, bool reference) {
   TORCH_CHECK(bits == 4 || bits == 8, "bits must be 4 or 8");
   TORCH_CHECK(x.scalar_type() == torch::kFloat32 && x.dim() == 2, "x must be [rows, k] float32");
   TORCH_CHECK(packed.scalar_type() == torch::kUInt8 && packed.dim() == 3 &&
@@ -400,7 +453,7 @@ Call prepare(torch::Tensor x, const torch::Tensor& packed, const torch::Tensor& 
   TORCH_CHECK(k <= k_pad && k_pad - k < kBlock, "x has ", k, " columns, the weight ", k_pad);
   x = x.contiguous();
   Call call{torch::empty({rows, n}, x.options()),
-            quantize_activations(x.data_ptr<float>(), rows, k, k_pad), {}};
+            quantize_activations(x.data_ptr<float>(), rows, k, k_pad, reference), {}};
   auto halves = [](const torch::Tensor& t) {
     return reinterpret_cast<const uint16_t*>(t.data_ptr<at::Half>());
   };
@@ -449,7 +502,7 @@ torch::Tensor pack_block_weight(torch::Tensor q, int64_t bits) {
 
 torch::Tensor block_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor d,
                            c10::optional<torch::Tensor> m, int64_t n, int64_t bits) {
-  Call call = prepare(x, packed, d, m, n, bits);
+  Call call = prepare(x, packed, d, m, n, bits, /*reference=*/false);
   const Gemm& g = call.g;
   const int64_t rows = x.size(0);
   if (rows == 0) return call.out;
@@ -481,7 +534,7 @@ torch::Tensor block_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor 
 
 torch::Tensor block_linear_reference(torch::Tensor x, torch::Tensor packed, torch::Tensor d,
                                      c10::optional<torch::Tensor> m, int64_t n, int64_t bits) {
-  Call call = prepare(x, packed, d, m, n, bits);
+  Call call = prepare(x, packed, d, m, n, bits, /*reference=*/true);
   float* out = call.out.data_ptr<float>();
   for (int64_t r = 0; r < x.size(0); ++r)
     for (int64_t c = 0; c < n; ++c) out[r * n + c] = reference_output(call.g, r, c);
