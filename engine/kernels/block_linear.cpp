@@ -280,6 +280,23 @@ inline __m512 load_halves(const uint16_t* lo, const uint16_t* hi) {
       _mm_loadu_si128(reinterpret_cast<const __m128i*>(hi)), 1));
 }
 
+// One row (single-stream decode) reads each weight once, from 4 panels' block streams and
+// their scales at once: fetching the block kPrefetchBlocks ahead made the 30 layers'
+// products ~10 % faster (3.9-4.6 against 4.8-5.0 ms a step, alternated in one process).
+constexpr int64_t kPrefetchBlocks = 4;
+
+inline void prefetch_block(const Gemm& g, int64_t p0, int panels, int64_t blk) {
+  if (blk >= g.blocks) return;
+  const int64_t bb = block_bytes(g.bits);
+  for (int j = 0; j < panels; ++j) {
+    const int64_t at = (p0 + j) * g.blocks + blk;
+    const char* w = reinterpret_cast<const char*>(g.w + at * bb);
+    for (int64_t o = 0; o < bb; o += 64) _mm_prefetch(w + o, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(g.d + at * kPanel), _MM_HINT_T0);
+    if (g.m) _mm_prefetch(reinterpret_cast<const char*>(g.m + at * kPanel), _MM_HINT_T0);
+  }
+}
+
 // MR rows x NP pairs of panels (from panel p0), the same arithmetic as tile().
 template <int MR, int NP>
 void tile512(const Gemm& g, int64_t r, int64_t p0, int64_t cols) {
@@ -296,6 +313,7 @@ void tile512(const Gemm& g, int64_t r, int64_t p0, int64_t cols) {
     const uint8_t* wb[2 * NP];
     for (int j = 0; j < 2 * NP; ++j) wb[j] = g.w + ((p0 + j) * g.blocks + blk) * bb;
     const int16_t* ab = aq + blk * kBlock;
+    if constexpr (MR == 1) prefetch_block(g, p0, 2 * NP, blk + kPrefetchBlocks);
     if (g.bits == 4) {
       for (int v = 0; v < 4; ++v) {
         __m512i packed[NP];
