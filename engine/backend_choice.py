@@ -10,6 +10,7 @@ start pays for them; a cached loser is not even built again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ from engine.backends.onnx_graph import GRAPH_VERSION, weights_fingerprint
 from engine.backends.torch_backend import TORCH_INT8_FORM
 from engine.kernels import kernel_sources_digest
 from engine.model_source import ModelBundle
+from engine.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -176,11 +178,18 @@ class _Records:
             return None
 
     def save(self, record: Measured, options: BackendOptions) -> None:
+        """Keep the record; a cache that cannot take it (a full disk) costs the next start a
+        new measurement, never a half-written file or this start."""
         path = self.path(record.name, options)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record.to_json()))
-        tmp.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(record.to_json()))
+            tmp.replace(path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            log.warning("could not keep the %s measurement in %s: %s", record.name, self.dir, e)
 
 
 def choose_backend(
@@ -215,10 +224,15 @@ def choose_backend(
                 continue
             gate = None
             if key[1] != "none":
-                log.info("measuring %s %s against the float model (once per machine)", *key)
-                gate = run_gates(backend_for(_REFERENCE), backend, bundle.tokenizer)
+                what = f"checking {key[0]} {key[1]} against the float model (accuracy gates)"
+                with Progress(what, one_time=True):
+                    gate = run_gates(backend_for(_REFERENCE), backend, bundle.tokenizer)
             passed = gate is None or gate.passed
-            record = Measured(key[0], key[1], gate, measure_decode(backend) if passed else {})
+            speed: dict[int, float] = {}
+            if passed:
+                with Progress(f"timing {key[0]} {key[1]} decode steps", one_time=True):
+                    speed = measure_decode(backend)
+            record = Measured(key[0], key[1], gate, speed)
             records.save(record, opts)
         if not record.passed:
             assert record.gate is not None

@@ -19,6 +19,7 @@ from engine.model_source import ModelBundle, load_model
 from engine.model_source.cache import default_cache_dir
 from engine.output_processor import OutputProcessor, RequestState
 from engine.outputs import Completion, RequestOutput, RequestResult, RequestTimings
+from engine.progress import Progress
 from engine.runner import ModelRunner
 from engine.sampler import Sampler
 from engine.sampling_params import SamplingParams
@@ -95,10 +96,16 @@ class LLMEngine:
             cache_dir,
         )
         self.backend: Backend = choice.backend
+        if bundle is None:
+            # The backend keeps the weights in its own form; the float32 originals (538 MB for
+            # SmolLM2) would otherwise stay resident for the engine's life. A bundle passed in
+            # belongs to the caller, who may build more engines from it.
+            self.bundle.weights = {}
         cache, sched = config.cache, config.scheduler
         t1 = time.perf_counter()
         warm_tokens = min(sched.max_num_batched_tokens, self.max_model_len)
-        _, prefill_tps = warm_up(self.backend, warm_tokens, cache.block_size)
+        with Progress(f"warming up ({warm_tokens}-token prefill)"):
+            _, prefill_tps = warm_up(self.backend, warm_tokens, cache.block_size)
         num_blocks = kv_pool_blocks(self.backend, cache, self.max_model_len)
         self.backend.allocate_kv_cache(num_blocks, cache.block_size)
         self.capacity = EngineCapacity(

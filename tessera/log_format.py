@@ -13,6 +13,8 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+from engine.progress import show_progress
+
 LogFormat = Literal["text", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 
@@ -22,6 +24,8 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ts, level, logger, message, service, extras, exc."""
+
+    structured = True  # engine.progress writes no bar lines into such a log
 
     def __init__(self, service: str | None = None) -> None:
         super().__init__()
@@ -54,3 +58,4 @@ def configure_logging(level: str, fmt: LogFormat, service: str | None = None) ->
     else:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    show_progress(level)

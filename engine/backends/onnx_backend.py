@@ -18,8 +18,10 @@ import torch
 from engine.backends.base import Backend, BackendOptions, BatchInputs, register_backend
 from engine.backends.onnx_graph import GraphOptions, build_model_file
 from engine.cpu_features import cpu_id
+from engine.model.attention import kv_pool_tensor
 from engine.model_source import ModelBundle
 from engine.model_source.cache import default_cache_dir
+from engine.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +149,10 @@ class OnnxBackend(Backend):
                 "CPUExecutionProvider",
             ]
         log.info("ONNX Runtime session on %s from %s", ep, model_path)
-        return ort.InferenceSession(str(model_path), so, providers=providers)
+        if not so.optimized_model_filepath:
+            return ort.InferenceSession(str(model_path), so, providers=providers)
+        with Progress("optimizing the ONNX graph for this CPU", one_time=True):
+            return ort.InferenceSession(str(model_path), so, providers=providers)
 
     # -- KV pool ----------------------------------------------------------------------------
 
@@ -165,14 +170,14 @@ class OnnxBackend(Backend):
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         cfg = self.bundle.config
         self.pool = torch.zeros(0)  # release the old pool before taking the new one
-        self.pool = torch.zeros(
+        self.pool = kv_pool_tensor(
             (
                 cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * num_blocks,
                 block_size,
                 cfg.head_dim,
             ),
-            dtype=torch.float32,
-            device=self.torch_device,
+            torch.float32,
+            self.torch_device,
         )
         self.num_blocks, self.block_size = num_blocks, block_size
 

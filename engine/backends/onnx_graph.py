@@ -37,6 +37,7 @@ from engine.backends.onnx_int8 import FLOAT_LAYERS, quantize_dynamic_blockwise, 
 from engine.model.attention import GatheredPoolAttention
 from engine.model.llama import LlamaModel
 from engine.model_source import ModelBundle
+from engine.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +136,15 @@ def build_model_file(bundle: ModelBundle, opts: GraphOptions, cache_dir: Path) -
     try:
         out = tmp / "model.onnx"
         if float_path is None:
-            export_float(bundle, out, opts.max_positions, opts.fused_attention)
+            with Progress("exporting the float32 step graph to ONNX", one_time=True):
+                export_float(bundle, out, opts.max_positions, opts.fused_attention)
         else:
             keep_float = [t for t in FLOAT_LAYERS if not (opts.int8_lm_head and t == "lm_head")]
-            if opts.int8_scheme == "qdq":
-                quantize_qdq_weights(float_path, out, keep_float)
-            else:
-                quantize_dynamic_blockwise(float_path, out, keep_float, opts.int8_block_size)
+            with Progress(f"quantizing the ONNX graph to int8 ({opts.int8_scheme})", one_time=True):
+                if opts.int8_scheme == "qdq":
+                    quantize_qdq_weights(float_path, out, keep_float)
+                else:
+                    quantize_dynamic_blockwise(float_path, out, keep_float, opts.int8_block_size)
         log.info("built ONNX artifact %s (%s)", entry, opts)
         (tmp / "build.json").write_text(json.dumps(opts.__dict__, indent=2))
         try:

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 
 from engine.cpu_features import cpu_flags
+from engine.progress import Progress
 
 log = logging.getLogger(__name__)
 _HERE = Path(__file__).parent
@@ -66,14 +67,33 @@ def _build(name: str, sources: list[Path], cflags: list[str]) -> ModuleType:
         os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
     from torch.utils.cpp_extension import load
 
-    return load(
-        name=name,
-        sources=[str(p) for p in sources],
-        extra_include_paths=[str(_HERE)],
-        extra_cflags=["-O3", *cflags, "-fopenmp"],
-        extra_ldflags=["-fopenmp"],
-        verbose=False,
-    )
+    def build() -> ModuleType:
+        return load(
+            name=name,
+            sources=[str(p) for p in sources],
+            extra_include_paths=[str(_HERE)],
+            extra_cflags=["-O3", *cflags, "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
+
+    if _is_built(name, sources):
+        return build()
+    with Progress("compiling the native CPU kernels for this CPU", one_time=True):
+        return build()
+
+
+def _is_built(name: str, sources: list[Path]) -> bool:
+    """Whether torch's extension cache holds a build of ``name`` newer than its sources (then
+    loading it takes about a second and says nothing)."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    try:
+        built = Path(_get_build_directory(name, verbose=False)) / f"{name}.so"
+        newest = max(p.stat().st_mtime for p in [*sources, *_HERE.glob("*.h")])
+        return built.stat().st_mtime >= newest
+    except (OSError, RuntimeError):
+        return False
 
 
 @cache

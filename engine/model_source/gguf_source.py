@@ -19,6 +19,7 @@ from engine.model_source.arch import LlamaArchConfig
 from engine.model_source.errors import ModelSourceError, reason
 from engine.model_source.layout import check_weights
 from engine.model_source.tokenizer import Tokenizer
+from engine.progress import Progress
 
 GGUF_MAGIC = b"GGUF"
 
@@ -176,12 +177,16 @@ def llama3_rope_divisors(scaling: dict[str, Any], theta: float, head_dim: int) -
     return np.array(out)
 
 
-def read_weights(reader: Any, config: LlamaArchConfig, path: Path) -> dict[str, torch.Tensor]:
+def read_weights(
+    reader: Any, config: LlamaArchConfig, path: Path, progress: Progress | None = None
+) -> dict[str, torch.Tensor]:
     """All tensors dequantized to float32 [out, in] under HF names, Q/K permutation undone."""
     from gguf.quants import dequantize
 
     weights: dict[str, torch.Tensor] = {}
     for t in reader.tensors:
+        if progress is not None:
+            progress.advance()
         if t.name == _ROPE_FREQS:  # already folded into config.rope_scaling
             continue
         name = hf_name(t.name)
@@ -204,8 +209,12 @@ def read_weights(reader: Any, config: LlamaArchConfig, path: Path) -> dict[str, 
 def read_tokenizer(path: Path, config: LlamaArchConfig) -> Tokenizer:
     """Convert the GGUF's tokenizer with transformers (once; the cache keeps tokenizer.json)."""
     try:
-        from transformers import AutoTokenizer  # heavy import, confined to the cold path
+        # Heavy imports, confined to the cold path; transformers' own bars stay off (the
+        # conversion reports its progress itself).
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
         hf = AutoTokenizer.from_pretrained(
             str(path.parent), gguf_file=path.name, local_files_only=True
         )
@@ -229,5 +238,9 @@ def read_gguf(path: Path) -> tuple[LlamaArchConfig, dict[str, torch.Tensor], Tok
         config = read_config(reader, path)
     except (TypeError, ValueError) as e:  # e.g. heads not a multiple of kv heads
         raise ModelSourceError(f"{path}: invalid llama metadata: {reason(e)}") from e
-    weights = read_weights(reader, config, path)
-    return config, weights, read_tokenizer(path, config)
+    what = f"converting {path.name}: dequantizing weights, then the tokenizer"
+    with Progress(what, total=len(reader.tensors) + 1, one_time=True) as progress:
+        weights = read_weights(reader, config, path, progress)
+        tokenizer = read_tokenizer(path, config)
+        progress.advance()
+    return config, weights, tokenizer

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.progress import Progress
 from services.rag.model_files import ModelFiles
 from services.rag.quantize import QUANTIZERS
 
@@ -49,7 +50,8 @@ def compiled_model(
     out_dir = artifact_dir(files, cache_dir)
     float_path = out_dir / "float32.onnx"
     if not float_path.is_file():
-        _atomic_write(float_path, lambda tmp: export_float(files, tmp))
+        with Progress(f"exporting the {files.name} embedder to ONNX", one_time=True):
+            _atomic_write(float_path, lambda tmp: export_float(files, tmp))
     if quantization == "none":
         return float_path
     if int8_scheme not in QUANTIZERS:
@@ -57,7 +59,8 @@ def compiled_model(
     int8_path = out_dir / f"int8-{int8_scheme}.onnx"
     if not int8_path.is_file():
         quantize = QUANTIZERS[int8_scheme]
-        _atomic_write(int8_path, lambda tmp: quantize(float_path, tmp))
+        with Progress(f"quantizing the {files.name} embedder to int8", one_time=True):
+            _atomic_write(int8_path, lambda tmp: quantize(float_path, tmp))
     return int8_path
 
 
@@ -65,6 +68,9 @@ def export_float(files: ModelFiles, dst: Path) -> None:
     """torch.onnx.export of BertModel (local safetensors) + mean pooling + L2 norm."""
     import torch
     from transformers import BertModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its "Loading weights" bar: this step reports itself
 
     class SentenceEncoder(torch.nn.Module):
         """BERT → mean over attended tokens → unit length (sentence-transformers' pipeline)."""
