@@ -22,7 +22,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
-serve: setup
+# The first start's one-time work (GGUF conversion, kernel build, backend gates and timings,
+# RAG embedder) is done once after set-up by `tessera prepare`, so the server is ready in
+# seconds. The caches live under ~/.cache: should they go, the next `tessera serve` redoes
+# that work itself, showing its progress.
+PREPARED := $(VENV)/.prepared-stamp
+
+$(PREPARED): $(STAMP) $(wildcard engine/kernels/*.cpp engine/kernels/*.h)
+	@echo "preparing the default model once (conversion, kernels, backend choice): a few minutes"
+	$(VENV)/bin/tessera prepare
+	@touch $(PREPARED)
+
+serve: setup $(PREPARED)
 	$(VENV)/bin/tessera serve
 
 test: setup

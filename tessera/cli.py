@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from tessera.commands import bench, engine, gateway, generate, keys, rag, serve
+from tessera.commands import bench, engine, gateway, generate, keys, prepare, rag, serve
 from tessera.log_format import LOG_FORMATS, configure_logging
 from tessera.tracing import configure_tracing
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve.register(sub)
+    prepare.register(sub)
     engine.register(sub)
     gateway.register(sub)
     rag.register(sub)

@@ -55,7 +55,9 @@ def test_bad_input_gives_one_clear_error_line(
     assert needle in err[0]
 
 
-@pytest.mark.parametrize("command", ["serve", "engine", "gateway", "rag", "generate", "keys"])
+@pytest.mark.parametrize(
+    "command", ["serve", "prepare", "engine", "gateway", "rag", "generate", "keys"]
+)
 def test_every_command_builds_its_flags(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     from tessera.cli import build_parser
 
