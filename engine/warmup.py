@@ -43,6 +43,18 @@ class EngineCapacity:
     def as_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
 
+    def pool_summary(self) -> str:
+        """The KV pool and the concurrent context it allows, for start-up banners."""
+        return (
+            f"KV cache {self.kv_cache_bytes / 1024**3:.2f} GiB ({self.num_kv_tokens:,} tokens: "
+            f"{self.max_concurrent_full_context:.1f} sequences at the full "
+            f"{self.max_model_len:,}-token context), resident as its blocks are first used"
+            if self.device == "cpu"
+            else f"KV cache {self.kv_cache_bytes / 1024**3:.2f} GiB ({self.num_kv_tokens:,} "
+            f"tokens: {self.max_concurrent_full_context:.1f} sequences at the full "
+            f"{self.max_model_len:,}-token context)"
+        )
+
     def summary(self) -> str:
         gib = self.kv_cache_bytes / 1024**3
         return (

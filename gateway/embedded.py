@@ -40,7 +40,8 @@ async def build_embedded(config: ServeConfig, engine: LLMEngine | None = None) -
     server = GatewayServer(gateway)
     cap = core.capacity
     server.engine_summary = (
-        f"{cap.backend} {cap.quantization} on {cap.device}: {cap.backend_reason}"
+        f"{cap.backend} {cap.quantization} on {cap.device}: {cap.backend_reason}\n"
+        f"{cap.pool_summary()}"
     )
 
     async def shutdown() -> None:
