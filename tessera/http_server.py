@@ -58,6 +58,22 @@ class HTTPServer:
         self._task = None
 
 
+def port_in_use(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound right now (in use, not an address of this machine),
+    or None when it can (0, "pick one", always can). Checked before a server loads a model, so
+    a taken port costs a second, not a minute of loading."""
+    if port == 0:
+        return None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and grpc bind
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return e.strerror or str(e)
+    return None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that was free a moment ago (for tests and local defaults)."""
     with socket.socket() as s:

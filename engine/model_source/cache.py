@@ -30,6 +30,20 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "tessera"
 
 
+def unusable_cache_dir(cache_dir: Path) -> str | None:
+    """Why ``cache_dir`` cannot hold converted models and measurements (it is a file, it
+    cannot be created or written), or None when it can. Checked at start-up, before minutes
+    of work that could not be kept."""
+    probe = cache_dir / f".probe-{os.getpid()}"
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
 def entry_dir(cache_dir: Path, source: Path) -> Path:
     """Where the conversion of `source` lives: keyed by its resolved path, size and mtime,
     so an edited or replaced file never hits a stale entry."""

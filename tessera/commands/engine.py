@@ -33,6 +33,13 @@ def run(args: argparse.Namespace) -> int:
         flag = flag_for(EnginePodConfig, tuple(detail["loc"]))
         print(f"tessera engine: error: {flag}: {detail['msg']}", file=sys.stderr)
         return 2
+    from tessera.preflight import preflight
+
+    ports = [("--port", config.server.port), ("--metrics-port", config.server.metrics_port)]
+    problem = preflight("engine", config.server.host, ports, config.model.cache_dir)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 2
     try:
         return asyncio.run(EnginePod(config).serve_forever())
     except (ModelSourceError, OSError) as e:

@@ -43,6 +43,15 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from tessera.preflight import preflight
+
+    ports = [("--port", config.http.port), ("--grpc-port", config.http.grpc_port)]
+    if config.rag.enabled:
+        ports.append(("--rag-port", config.rag.port))
+    problem = preflight("serve", config.http.host, ports, config.model.cache_dir)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 2
     try:
         return asyncio.run(_serve(config))
     except (ModelSourceError, OSError) as e:
