@@ -45,15 +45,12 @@ class EngineCapacity:
 
     def pool_summary(self) -> str:
         """The KV pool and the concurrent context it allows, for start-up banners."""
-        return (
+        text = (
             f"KV cache {self.kv_cache_bytes / 1024**3:.2f} GiB ({self.num_kv_tokens:,} tokens: "
             f"{self.max_concurrent_full_context:.1f} sequences at the full "
-            f"{self.max_model_len:,}-token context), resident as its blocks are first used"
-            if self.device == "cpu"
-            else f"KV cache {self.kv_cache_bytes / 1024**3:.2f} GiB ({self.num_kv_tokens:,} "
-            f"tokens: {self.max_concurrent_full_context:.1f} sequences at the full "
             f"{self.max_model_len:,}-token context)"
         )
+        return text + (", resident as its blocks are first used" if self.device == "cpu" else "")
 
     def summary(self) -> str:
         gib = self.kv_cache_bytes / 1024**3
@@ -69,13 +66,24 @@ class EngineCapacity:
 
 
 def _available_ram() -> int:
+    """Memory this process may still take: the host's MemAvailable, or less where a cgroup
+    (a container's memory limit) allows less; /proc/meminfo shows the whole node."""
+    available = 8 * 1024**3
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+                available = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 8 * 1024**3
+    try:
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            used = int((cgroup / "memory.current").read_text())
+            available = min(available, max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return available
 
 
 def warm_up(backend: Backend, num_tokens: int, block_size: int) -> tuple[float, float]:
