@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.config import EngineConfig
@@ -56,7 +56,8 @@ class RoutingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     engines: list[str] = Field(
-        default_factory=list, description="engine gRPC addresses host:port (repeat the flag)"
+        default_factory=list,
+        description="engine gRPC addresses host:port (repeat the flag or separate by commas)",
     )
     dns: str | None = Field(
         None, description="host:port resolved to every address (a Kubernetes headless service)"
@@ -71,6 +72,23 @@ class RoutingConfig(BaseModel):
     engine_tls_ca: Path | None = Field(
         None, description="PEM CA that signed the engines' certificates: talk TLS to engines"
     )
+
+    @field_validator("engines", mode="before")
+    @classmethod
+    def _addresses(cls, value: object) -> object:
+        """Comma-separated entries split; each must be HOST:PORT ([v6]:PORT for IPv6), so a
+        typo stops start-up with one line instead of an engine that never gets healthy."""
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            return value
+        found = [a.strip() for entry in value for a in str(entry).split(",") if a.strip()]
+        for address in found:
+            host, sep, port = address.rpartition(":")
+            host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{address!r} is not HOST:PORT (e.g. 127.0.0.1:50061)")
+        return found
 
 
 class GatewayConfig(BaseSettings):

@@ -110,3 +110,21 @@ def test_a_full_disk_while_keeping_a_measurement_costs_only_the_record(
     assert list((tmp_path / "gates").iterdir()) == []
     assert records.load("torch", options) is None
     assert "could not keep the torch measurement" in caplog.text
+
+
+def test_gateway_engines_take_commas_and_repeats() -> None:
+    from gateway.config import GatewayConfig
+
+    routing = GatewayConfig(
+        routing={"engines": ["127.0.0.1:50061, 127.0.0.1:50062", "[::1]:50063"]}
+    ).routing
+    assert routing.engines == ["127.0.0.1:50061", "127.0.0.1:50062", "[::1]:50063"]
+
+
+@pytest.mark.parametrize("bad", ["localhost", "127.0.0.1:", ":50061", "host:99999", "h:port"])
+def test_a_malformed_engine_address_is_one_error_line(
+    bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["gateway", "--engines", f"127.0.0.1:50061,{bad}", "--port", "0"]) == 2
+    line = _one_error_line(capsys, "gateway")
+    assert "--engines" in line and repr(bad) in line
