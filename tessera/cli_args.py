@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import types
 import typing
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+
+S = TypeVar("S", bound=BaseModel)
 
 
 def _flag(name: str, extra: Any) -> str:
@@ -71,6 +74,18 @@ def flag_for(settings_cls: type[BaseModel], loc: tuple[int | str, ...]) -> str:
         if isinstance(sub, type) and issubclass(sub, BaseModel) and str(loc[1]) in sub.model_fields:
             return _flag(str(loc[1]), sub.model_fields[str(loc[1])].json_schema_extra)
     return _flag(str(loc[-1]), None) if loc else "settings"
+
+
+def parse_settings(command: str, settings_cls: type[S], args: argparse.Namespace) -> S | None:
+    """The command's settings from its flags, or None after printing the first invalid flag as
+    one error line (`tessera COMMAND: error: --flag: why`)."""
+    try:
+        return settings_cls(**settings_overrides(args))
+    except ValidationError as e:
+        detail = e.errors()[0]
+        flag = flag_for(settings_cls, tuple(detail["loc"]))
+        print(f"tessera {command}: error: {flag}: {detail['msg']}", file=sys.stderr)
+        return None
 
 
 def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -7,6 +7,7 @@ back into the pool in place at their slots, so no step copies the pool.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 from pathlib import Path
@@ -149,9 +150,9 @@ class OnnxBackend(Backend):
                 "CPUExecutionProvider",
             ]
         log.info("ONNX Runtime session on %s from %s", ep, model_path)
-        if not so.optimized_model_filepath:
-            return ort.InferenceSession(str(model_path), so, providers=providers)
-        with Progress("optimizing the ONNX graph for this CPU", one_time=True):
+        optimizing = so.optimized_model_filepath  # first load here: ORT optimizes and saves
+        step = Progress("optimizing the ONNX graph for this CPU", one_time=True)
+        with step if optimizing else contextlib.nullcontext():
             return ort.InferenceSession(str(model_path), so, providers=providers)
 
     # -- KV pool ----------------------------------------------------------------------------

@@ -6,11 +6,9 @@ import argparse
 import asyncio
 import sys
 
-from pydantic import ValidationError
-
 from engine.config import EnginePodConfig
 from engine.model_source import ModelSourceError
-from tessera.cli_args import add_settings_flags, flag_for, settings_overrides
+from tessera.cli_args import add_settings_flags, parse_settings
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,12 +24,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     from engine.service.server import EnginePod  # grpc and the model stack load only here
 
-    try:
-        config = EnginePodConfig(**settings_overrides(args))
-    except ValidationError as e:
-        detail = e.errors()[0]
-        flag = flag_for(EnginePodConfig, tuple(detail["loc"]))
-        print(f"tessera engine: error: {flag}: {detail['msg']}", file=sys.stderr)
+    config = parse_settings("engine", EnginePodConfig, args)
+    if config is None:
         return 2
     from tessera.preflight import preflight
 

@@ -6,9 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from pydantic import ValidationError
-
-from tessera.cli_args import add_settings_flags, flag_for, settings_overrides
+from tessera.cli_args import add_settings_flags, parse_settings
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,15 +42,8 @@ async def _serve(config: object) -> int:
 def run(args: argparse.Namespace) -> int:
     from gateway.config import GatewayConfig
 
-    try:
-        config = GatewayConfig(**settings_overrides(args))
-    except ValidationError as e:
-        detail = e.errors()[0]
-        print(
-            f"tessera gateway: error: {flag_for(GatewayConfig, tuple(detail['loc']))}: "
-            f"{detail['msg']}",
-            file=sys.stderr,
-        )
+    config = parse_settings("gateway", GatewayConfig, args)
+    if config is None:
         return 2
     if not config.routing.engines and not config.routing.dns:
         print(

@@ -12,9 +12,7 @@ import argparse
 import sys
 import time
 
-from pydantic import ValidationError
-
-from tessera.cli_args import add_settings_flags, flag_for, settings_overrides
+from tessera.cli_args import add_settings_flags, parse_settings
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,12 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from engine.model_source import ModelSourceError
     from gateway.config import ServeConfig
 
-    try:
-        config = ServeConfig(**settings_overrides(args))
-    except ValidationError as e:
-        detail = e.errors()[0]
-        flag = flag_for(ServeConfig, tuple(detail["loc"]))
-        print(f"tessera prepare: error: {flag}: {detail['msg']}", file=sys.stderr)
+    config = parse_settings("prepare", ServeConfig, args)
+    if config is None:
         return 2
     from tessera.preflight import preflight
 

@@ -6,10 +6,8 @@ import argparse
 import asyncio
 import sys
 
-from pydantic import ValidationError
-
 from services.rag.config import RagConfig
-from tessera.cli_args import add_settings_flags, flag_for, settings_overrides
+from tessera.cli_args import add_settings_flags, parse_settings
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,12 +25,8 @@ def run(args: argparse.Namespace) -> int:
     from services.rag.server import RagServer
     from services.rag.storage import StorageError
 
-    try:
-        config = RagConfig(**settings_overrides(args))
-    except ValidationError as e:
-        detail = e.errors()[0]
-        flag = flag_for(RagConfig, tuple(detail["loc"]))
-        print(f"tessera rag: error: {flag}: {detail['msg']}", file=sys.stderr)
+    config = parse_settings("rag", RagConfig, args)
+    if config is None:
         return 2
     try:
         return asyncio.run(RagServer(config).serve_forever())
