@@ -28,9 +28,11 @@ def console_stream() -> TextIO | None:
         stream = getattr(handler, "stream", None)
         if stream is None or getattr(handler.formatter, "structured", False):
             continue
-        isatty = getattr(stream, "isatty", None)
-        if isatty is not None and isatty():
-            return stream
+        try:
+            if stream.isatty():
+                return stream
+        except (AttributeError, ValueError):  # no isatty, or a closed stream: no terminal
+            continue
     return None
 
 
