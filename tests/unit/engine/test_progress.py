@@ -45,7 +45,8 @@ def test_progress_draws_one_bar_line_on_a_terminal(
     out = terminal.getvalue()
     assert out.startswith("\r\033[K")
     assert "converting weights (one-time, cached afterwards) [" in out
-    assert re.search(r"converting weights \(one-time, cached afterwards\): done in \d+\.\d s\n$", out)
+    last = r"converting weights \(one-time, cached afterwards\): done in \d+\.\d s\n$"
+    assert re.search(last, out)
     assert out.count("\n") == 1  # redrawn in place, one line in the end
 
 
