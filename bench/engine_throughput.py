@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import describe
 from bench.serving_load import TOPICS  # the same prompts as the serving benchmark
+from engine.api import SamplingParams
 from engine.backends.onnx_graph import GraphOptions
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model_source import Tokenizer, default_model_path, load_model
-from engine.sampling_params import SamplingParams
 
 NEW_TOKENS = 128
 

@@ -10,24 +10,31 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import tessera
+from engine.api import (
+    ChatPrompt,
+    EngineDeadError,
+    EngineInfo,
+    EngineLoad,
+    InvalidRequestError,
+    Prompt,
+    RequestOutput,
+    SamplingParams,
+)
 from engine.llm_engine import EngineStats, LLMEngine, StepStats
-from engine.outputs import RequestOutput
-from engine.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
-
-
-class EngineDeadError(RuntimeError):
-    """The engine thread stopped; in-flight and new requests fail with this."""
 
 
 @dataclass
@@ -112,17 +119,73 @@ class AsyncEngine:
         self._thread.start()
         self.engine = built.result()
         self._stats = self.engine.stats()
+        self.created = int(time.time())
+        """Unix time at which the model finished loading (the model's `created`)."""
+        tokenizer = self.engine.tokenizer
+        self._piece = functools.lru_cache(maxsize=65536)(
+            lambda token_id: tokenizer.decode([token_id], skip_special_tokens=False)
+        )
+
+    # ---- the front callers use (any event loop) ------------------------------
+    def render(self, prompt: Prompt) -> str | Seq[int]:
+        """The prompt as the engine takes it: chat messages through the model's template.
+
+        Raises InvalidRequestError for an empty conversation, jinja2.TemplateError for a
+        template the messages break.
+        """
+        if not isinstance(prompt, ChatPrompt):
+            return prompt
+        if not prompt.messages:
+            raise InvalidRequestError("the chat prompt has no messages")
+        return self.engine.tokenizer.apply_chat_template(
+            prompt.messages, prompt.add_generation_prompt
+        )
+
+    def token_text(self, token_id: int) -> str:
+        """One token's text, special tokens included (logprobs in API responses)."""
+        return str(self._piece(token_id))
+
+    def info(self, accepting: bool | None = None) -> EngineInfo:
+        """The model, its limits and the load as of the last step; ``accepting`` overrides
+        whether new work is taken (a pod that drains)."""
+        core, s = self.engine, self._stats
+        cap, max_waiting = core.capacity, core.config.scheduler.max_waiting
+        return EngineInfo(
+            model=core.bundle.name,
+            model_source=core.bundle.source,
+            backend=cap.backend,
+            quantization=cap.quantization,
+            device=cap.device,
+            dtype=cap.dtype,
+            max_model_len=cap.max_model_len,
+            num_kv_blocks=cap.num_blocks,
+            block_size=cap.block_size,
+            max_num_seqs=cap.max_num_seqs,
+            max_num_batched_tokens=cap.max_num_batched_tokens,
+            max_waiting=max_waiting,
+            accepting=self.is_running if accepting is None else accepting,
+            created=self.created,
+            version=tessera.__version__,
+            load=EngineLoad(
+                num_running=s.num_running,
+                num_waiting=s.num_waiting,
+                kv_usage=s.kv_usage,
+                num_free_blocks=s.num_free_blocks,
+                waiting_capacity_left=max(0, max_waiting - s.num_waiting),
+            ),
+        )
 
     # ---- public API (any event loop) -------------------------------------
     async def add_request(
         self,
-        prompt: str | Seq[int],
+        prompt: Prompt,
         params: SamplingParams | None = None,
         request_id: str | None = None,
         priority: int = 0,
         deadline: float | None = None,
     ) -> RequestStream:
-        """Queue a request and return its output stream once the engine accepted it.
+        """Queue a request and return its output stream (with the prompt's token ids) once
+        the engine accepted it.
 
         Raises InvalidRequestError / SamplingParamsError / QueueFullError when the
         engine refuses it. Past ``deadline`` (time.monotonic()) the request ends
@@ -131,21 +194,22 @@ class AsyncEngine:
         if self._stopped.is_set():
             raise EngineDeadError("the engine has stopped")
         rid = request_id or f"req-{uuid.uuid4().hex}"
+        prompt_ids = self.engine.tokenize_prompt(self.render(prompt))
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
-        added: concurrent.futures.Future[list[int]] = concurrent.futures.Future()
+        added: concurrent.futures.Future[None] = concurrent.futures.Future()
 
         def add() -> None:
             try:
-                self.engine.add_request(prompt, params, rid, priority, deadline)
+                self.engine.add_request(prompt_ids, params, rid, priority, deadline)
             except BaseException as e:  # handed to the caller, not swallowed
                 added.set_exception(e)
                 return
             self._streams[rid] = stream
-            added.set_result(self.engine.outputs.requests[rid].seqs[0].prompt_token_ids)
+            added.set_result(None)
 
         self._commands.put(add)
         try:
-            prompt_ids = await asyncio.shield(asyncio.wrap_future(added))
+            await asyncio.shield(asyncio.wrap_future(added))
         except asyncio.CancelledError:
             # the caller left while the engine was adding: abort whatever got added
             self.abort(rid)
@@ -154,7 +218,7 @@ class AsyncEngine:
 
     async def generate(
         self,
-        prompt: str | Seq[int],
+        prompt: Prompt,
         params: SamplingParams | None = None,
         request_id: str | None = None,
         priority: int = 0,

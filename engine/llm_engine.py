@@ -9,20 +9,26 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.api import (
+    Completion,
+    InvalidRequestError,
+    PromptTooLongError,
+    RequestOutput,
+    RequestResult,
+    RequestTimings,
+    SamplingParams,
+)
 from engine.backend_choice import choose_backend
 from engine.backends import Backend, BackendOptions
 from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
-from engine.errors import InvalidRequestError, PromptTooLongError
 from engine.kv_cache import KVCacheManager
 from engine.model_source import ModelBundle, load_model
 from engine.model_source.cache import default_cache_dir
 from engine.output_processor import OutputProcessor, RequestState
-from engine.outputs import Completion, RequestOutput, RequestResult, RequestTimings
 from engine.progress import Progress
 from engine.runner import ModelRunner
 from engine.sampler import Sampler
-from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerLimits, SchedulingPolicy
 from engine.sequence import Sequence
 from engine.warmup import EngineCapacity, kv_pool_blocks, warm_up

@@ -2,8 +2,8 @@
 
 Load gauges and cumulative cache counters are read from the engine's latest
 stats at scrape time; latencies and token counts are observed from request
-outputs as the engine thread produces them. Buckets span a GPU's milliseconds
-and a small CPU's tens of seconds.
+outputs as the engine thread produces them. Buckets (tessera.metric_buckets) are
+shared with the gateway's histograms.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from engine.api import RequestOutput
+from tessera.metric_buckets import (
+    E2E_BUCKETS,
+    ITL_BUCKETS,
+    QUEUE_BUCKETS,
+    STEP_BUCKETS,
+    TOKENS_PER_STEP_BUCKETS,
+    TTFT_BUCKETS,
+)
 from engine.llm_engine import EngineStats, StepStats
-from engine.outputs import RequestOutput
-
-TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
-ITL_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1, 2, 5)
-E2E_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600)
-QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
-STEP_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
-TOKENS_PER_STEP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
-
 
 class _LoadCollector(Collector):
     """Gauges and cumulative counters read from EngineStats at scrape time."""

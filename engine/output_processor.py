@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.api import CompletionDelta, FinishReason, RequestOutput, RequestTimings
 from engine.detokenizer import IncrementalDetokenizer
-from engine.outputs import CompletionDelta, RequestOutput, RequestTimings
 from engine.scheduler import Scheduler, SequenceUpdate
-from engine.sequence import FinishReason, Sequence
+from engine.sequence import Sequence
 
 
 @dataclass

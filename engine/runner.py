@@ -6,10 +6,10 @@ import time
 
 import numpy as np
 
+from engine.api import TokenLogprob
 from engine.backends import Backend, BatchInputs
 from engine.sampler import Sampler, SamplingBatch
 from engine.scheduler import RunnerOutput, SampledToken, ScheduledSequence, SchedulerOutput
-from engine.sequence import TokenLogprob
 
 
 def build_batch_inputs(scheduled: list[ScheduledSequence], block_size: int) -> BatchInputs:

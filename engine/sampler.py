@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.sampling_params import SamplingParams
+from engine.api import SamplingParams
 
 # Below this temperature logits/temperature overflows float32; such rows are greedy
 # in effect, so treat them as greedy (as vLLM does).

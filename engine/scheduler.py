@@ -8,17 +8,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from engine.api import FinishReason, QueueFullError, TokenLogprob
 from engine.kv_cache import KVCacheManager
-from engine.sequence import FinishReason, Sequence, SequenceStatus, TokenLogprob
-
-
-class QueueFullError(Exception):
-    """The waiting queue is at its limit; the request is refused at once."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-        """Seconds the caller is advised to wait before retrying, when known."""
+from engine.sequence import Sequence, SequenceStatus
 
 
 class SchedulingPolicy(str, enum.Enum):

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.sampling_params import SamplingParams
+from engine.api.outputs import FinishReason, TokenLogprob
+from engine.api.params import SamplingParams
 
 
 class SequenceStatus(enum.Enum):
@@ -18,14 +19,6 @@ class SequenceStatus(enum.Enum):
     RUNNING = "running"
     PREEMPTED = "preempted"  # back in the waiting queue; its KV will be recomputed
     FINISHED = "finished"
-
-
-class FinishReason(str, enum.Enum):
-    """Why a sequence stopped, in OpenAI's vocabulary (plus abort)."""
-
-    STOP = "stop"  # EOS, a stop token id or a stop string
-    LENGTH = "length"  # max_tokens or the context length
-    ABORT = "abort"  # client gone, deadline passed, or engine shutting down
 
 
 @dataclass
@@ -38,14 +31,6 @@ class SequenceTimings:
     last_token: float | None = None
     finished: float | None = None
     token_times: list[float] = field(default_factory=list)
-
-
-@dataclass
-class TokenLogprob:
-    """The sampled token's logprob and the top alternatives, best first."""
-
-    logprob: float
-    top: list[tuple[int, float]]
 
 
 class Sequence:

@@ -11,11 +11,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engine.config import EngineConfig
 from gateway.engines.routing import RoutingPolicyName
 from gateway.settings_parts import (
     AuthConfig,
-    EmbeddedRagConfig,
     RagLinkConfig,
     RateLimitConfig,
     RedisConfig,
@@ -106,32 +104,3 @@ class GatewayConfig(BaseSettings):
     response_cache: ResponseCacheConfig = Field(default_factory=lambda: ResponseCacheConfig())
     semantic_cache: SemanticCacheConfig = Field(default_factory=lambda: SemanticCacheConfig())
     redis: RedisConfig = Field(default_factory=lambda: RedisConfig())
-
-
-class ServeConfig(EngineConfig):
-    """Root of `tessera serve`: the embedded stack, an in-process engine behind the gateway."""
-
-    http: HTTPConfig = Field(default_factory=lambda: HTTPConfig())
-    auth: AuthConfig = Field(default_factory=lambda: AuthConfig())
-    limits: RateLimitConfig = Field(default_factory=lambda: RateLimitConfig())
-    response_cache: ResponseCacheConfig = Field(default_factory=lambda: ResponseCacheConfig())
-    semantic_cache: SemanticCacheConfig = Field(default_factory=lambda: SemanticCacheConfig())
-    redis: RedisConfig = Field(default_factory=lambda: RedisConfig())
-
-    rag: EmbeddedRagConfig = Field(default_factory=lambda: EmbeddedRagConfig())
-
-    def gateway_config(self) -> GatewayConfig:
-        """The gateway part (no remote engines or sidecar: they run in this process)."""
-        return GatewayConfig(
-            http=self.http,
-            auth=self.auth,
-            limits=self.limits,
-            response_cache=self.response_cache,
-            semantic_cache=self.semantic_cache,
-            redis=self.redis,
-        )
-
-    def engine_config(self) -> EngineConfig:
-        return EngineConfig(
-            model=self.model, cache=self.cache, scheduler=self.scheduler, backend=self.backend
-        )

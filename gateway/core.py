@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 import tessera
-from engine.service.client import GrpcEngineClient
+from engine.api.grpc_client import GrpcEngineClient
 from gateway.api.chat import ChatHandler
 from gateway.api.common import SamplingFields
 from gateway.api.completions import CompletionHandler

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.errors import InvalidRequestError, PromptTooLongError, QueueFullError
-from engine.sampling_params import SamplingParamsError
+from engine.api import InvalidRequestError, PromptTooLongError, QueueFullError, SamplingParamsError
 
 
 class APIError(Exception):

@@ -18,7 +18,6 @@ import grpc
 from google.protobuf import json_format
 from pydantic import BaseModel, ValidationError
 
-from engine.service.errors import ErrorInterceptor
 from gateway.api.chat import ChatCompletionRequest
 from gateway.api.completions import CompletionRequest
 from gateway.api.generation import RequestContext, request_id_from
@@ -26,6 +25,7 @@ from gateway.api.models import list_models
 from gateway.core import Gateway
 from gateway.errors import APIError, bad_request
 from gateway.rag import EmbeddingRequest, create_embeddings
+from tessera.grpc_errors import ErrorInterceptor
 from tessera.http_server import grpc_server_credentials
 from tessera.v1 import chat_pb2, completions_pb2, embeddings_pb2, models_pb2, service_pb2_grpc
 
@@ -41,6 +41,13 @@ _STATUS = {
     502: grpc.StatusCode.UNAVAILABLE,
     503: grpc.StatusCode.UNAVAILABLE,
 }
+
+
+def _internal(error: Exception) -> tuple[grpc.StatusCode, str, bool]:
+    """What escaped the handlers (they map every APIError themselves): INTERNAL, logged."""
+    incident = secrets.token_hex(6)
+    log.error("internal error %s on the public gRPC API", incident, exc_info=error)
+    return grpc.StatusCode.INTERNAL, f"internal error (incident {incident})", False
 
 
 def _strip_none(value: Any) -> Any:
@@ -231,8 +238,8 @@ async def start_grpc(
     gateway: Gateway, host: str, port: int, tls: tuple[Path, Path] | None = None
 ) -> tuple[grpc.aio.Server, int]:
     """Bind and start the public gRPC server (TLS when given cert and key); returns it, port."""
-    # the engine's interceptor: malformed messages get INVALID_ARGUMENT, never a traceback
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(retry_after=1.0)])
+    # malformed messages get INVALID_ARGUMENT, never a traceback
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(_internal, retry_after=1.0)])
     service_pb2_grpc.add_TesseraServicer_to_server(TesseraServicer(gateway), server)
     if tls is not None:
         bound = server.add_secure_port(f"{host}:{port}", grpc_server_credentials(*tls))

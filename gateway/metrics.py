@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from engine.metrics import E2E_BUCKETS, TTFT_BUCKETS
+from tessera.metric_buckets import E2E_BUCKETS, TTFT_BUCKETS
 
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 TTFT_STAGES = ("gateway_queue", "cache_lookup", "retrieval", "engine_queue", "prefill")

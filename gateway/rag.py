@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from engine.service.client import ChatPrompt, Prompt
+from engine.api import ChatPrompt, Prompt
 from gateway.api.common import StrictModel
 from gateway.api.generation import RequestContext
 from gateway.errors import APIError, bad_request, unsupported

@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
 
-from tessera.commands import bench, engine, gateway, generate, keys, prepare, rag, serve
 from tessera.log_format import LOG_FORMATS, configure_logging
 from tessera.tracing import configure_tracing
 
+COMMANDS = {
+    "serve": "run the embedded stack: OpenAI-compatible gateway + in-process engine",
+    "prepare": "do the one-time work of `tessera serve` now",
+    "engine": "run one engine pod (gRPC + metrics)",
+    "gateway": "run the API gateway in front of engine pods",
+    "rag": "run the RAG sidecar (embeddings, FAISS collections, retrieval)",
+    "generate": "generate from prompts given as arguments or in a file",
+    "keys": "make API keys for the gateway's --keys-file",
+    "bench": "benchmarks (serve: the serving benchmark)",
+}
+"""Each subcommand and its one-line help; its module is tessera.commands.<name>."""
 
-def build_parser() -> argparse.ArgumentParser:
+
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The subcommand named in argv (the first word that is one), if any."""
+    return next((a for a in argv if a in COMMANDS), None)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``only``, the other subcommands are listed but their
+    modules are not imported (a gateway process never loads the engine's settings)."""
     parser = argparse.ArgumentParser(
         prog="tessera",
         description="Tessera model serving: OpenAI-compatible gateway, INT8 engine pods, RAG.",
@@ -32,20 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(default $TESSERA_LOG_FORMAT, else text)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve.register(sub)
-    prepare.register(sub)
-    engine.register(sub)
-    gateway.register(sub)
-    rag.register(sub)
-    generate.register(sub)
-    keys.register(sub)
-    bench.register(sub)
+    for name, summary in COMMANDS.items():
+        if only is None or name == only:
+            importlib.import_module(f"tessera.commands.{name}").register(sub)
+        else:
+            sub.add_parser(name, help=summary)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(only=_chosen(argv))
     args = parser.parse_args(argv)
     if args.log_format not in LOG_FORMATS:
         parser.error(f"--log-format: choose from {', '.join(LOG_FORMATS)}, not {args.log_format!r}")

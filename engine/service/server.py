@@ -25,14 +25,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from engine.api import EngineUnavailableError
 from engine.async_engine import AsyncEngine
 from engine.config import EnginePodConfig
 from engine.llm_engine import EngineStats, LLMEngine
 from engine.metrics import EngineMetrics
 from engine.model_source import ModelBundle
-from engine.service.errors import EngineUnavailableError, ErrorInterceptor
+from engine.service.errors import status_for
 from engine.service.servicer import EngineServicer
 from tessera.engine.v1 import engine_pb2, engine_pb2_grpc
+from tessera.grpc_errors import ErrorInterceptor
 from tessera.http_server import HTTPServer, grpc_server_credentials
 
 log = logging.getLogger(__name__)
@@ -119,7 +121,7 @@ class EnginePod:
             ("grpc.max_receive_message_length", srv.max_message_bytes),
             ("grpc.max_send_message_length", srv.max_message_bytes),
         ]
-        interceptor = ErrorInterceptor(srv.retry_after, self._count_error)
+        interceptor = ErrorInterceptor(status_for, srv.retry_after, self._count_error)
         self._grpc = grpc.aio.server(interceptors=[interceptor], options=options)
         engine_pb2_grpc.add_EngineServiceServicer_to_server(EngineServicer(self), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from engine.service.client import ChatPrompt
+from engine.api import ChatPrompt
 from gateway.api.common import SamplingFields, StrictModel, Usage, new_id, now
 from gateway.api.generation import Generation, GenerationResult, TokenLogprobs
 from gateway.engines.routing import affinity_key

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.sampling_params import SamplingParams, SamplingParamsError
+from engine.api import SamplingParams, SamplingParamsError
 from gateway.errors import APIError, bad_request
 
 MAX_N = 16

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from engine.service.client import Prompt
+from engine.api import Prompt
 from gateway.api.common import SamplingFields, Usage, make_usage, new_id, now
 from gateway.engines.pool import RETRYABLE, EnginePool, RoutedStream, engine_error
 from gateway.errors import from_engine_error

@@ -10,17 +10,17 @@ import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
-from engine.errors import QueueFullError
-from engine.outputs import RequestOutput
-from engine.sampling_params import SamplingParams
-from engine.service.client import (
+from engine.api import (
     EngineCallError,
     EngineClient,
+    EngineUnavailableError,
     GenerationStream,
-    GrpcEngineClient,
     Prompt,
+    QueueFullError,
+    RequestOutput,
+    SamplingParams,
 )
-from engine.service.errors import EngineUnavailableError
+from engine.api.grpc_client import GrpcEngineClient
 from gateway.engines.routing import Endpoint, RoutingPolicy
 from gateway.errors import APIError, model_not_found, overloaded
 

@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from engine.service.client import EngineClient, EngineInfo
+from engine.api import EngineClient, EngineInfo
 
 
 @dataclass(eq=False)
@@ -49,7 +49,7 @@ class LeastOutstanding(RoutingPolicy):
 
     def choose(self, candidates: Sequence[Endpoint], key: str | None) -> Endpoint:
         def load(e: Endpoint) -> tuple[int, int, str]:
-            waiting = e.info.num_waiting if e.info else 0
+            waiting = e.info.load.num_waiting if e.info else 0
             return (e.outstanding, waiting, e.name)
 
         return min(candidates, key=load)

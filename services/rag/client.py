@@ -1,10 +1,10 @@
-"""How the gateway talks to the RAG sidecar: one Protocol, an in-process and an HTTP client.
+"""The RAG sidecar's contract for its callers (torch- and FAISS-free): one Protocol and the
+HTTP client of a remote sidecar.
 
-``InProcessRagClient`` calls a RagService in the same process (embedded
-``tessera serve``); ``HttpRagClient`` calls a remote sidecar. Both return the
-same plain results and raise the same typed errors (services.rag.errors):
-CollectionNotFoundError, InvalidInputError, RagUnavailableError, and RagError
-for anything else.
+``services.rag.local_client.InProcessRagClient`` serves the same Protocol from a RagService
+in this process (embedded ``tessera serve``). Both return the same plain results and raise
+the same typed errors (services.rag.errors): CollectionNotFoundError, InvalidInputError,
+RagUnavailableError, and RagError for anything else.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ from urllib.parse import quote
 
 import httpx
 
-from services.rag.collection import Filters
 from services.rag.documents import Document
 from services.rag.errors import RagError, RagUnavailableError, error_from_body
 from services.rag.model_files import MODEL_NAME
-from services.rag.results import Chunk, Embeddings, IngestResult
-from services.rag.service import RagService
+from services.rag.results import Chunk, Embeddings, Filters, IngestResult
 
 REQUEST_ID_HEADER = "X-Request-Id"
 """The caller's request id, logged by the sidecar with its line for the request."""
@@ -45,41 +43,6 @@ class RagClient(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-class InProcessRagClient:
-    """Direct calls into a RagService of this process (no serialisation, no network)."""
-
-    def __init__(self, service: RagService) -> None:
-        self.service = service
-
-    async def retrieve(
-        self,
-        collection: str,
-        query: str,
-        top_k: int = 4,
-        filters: Filters | None = None,
-        request_id: str | None = None,
-    ) -> list[Chunk]:
-        return (await self.service.retrieve(collection, query, top_k, filters)).chunks
-
-    async def embed(self, texts: list[str]) -> Embeddings:
-        return await self.service.embed(texts)
-
-    async def create_collection(self, name: str, metadata: dict[str, Any] | None = None) -> None:
-        await self.service.create_collection(name, metadata)
-
-    async def ingest(self, collection: str, documents: list[Document]) -> IngestResult:
-        return await self.service.ingest(collection, documents)
-
-    async def delete_document(self, collection: str, document_id: str) -> int:
-        return (await self.service.delete_document(collection, document_id))[0]
-
-    async def delete_collection(self, name: str) -> None:
-        await self.service.delete_collection(name)
-
-    async def close(self) -> None:
-        """The service belongs to whoever made it; nothing to release here."""
 
 
 class HttpRagClient:

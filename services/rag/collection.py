@@ -23,12 +23,11 @@ import numpy as np
 
 from services.rag import storage
 from services.rag.config import IndexConfig
-from services.rag.documents import MetadataValue
 from services.rag.errors import CollectionNotFoundError, DocumentNotFoundError, InvalidInputError
 from services.rag.index import VectorIndex
+from services.rag.results import Filters, MetadataValue
 from services.rag.storage import Manifest
 
-Filters = dict[str, MetadataValue | list[MetadataValue]]
 # Snapshot once this many chunks were added since the last one (and at least as many as it has).
 _SNAPSHOT_MIN_CHUNKS = 4096
 

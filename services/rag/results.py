@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 MetadataValue = str | int | float | bool
+Filters = dict[str, MetadataValue | list[MetadataValue]]
+"""Metadata equality filters of a retrieval: a value, or a list of accepted values."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from services.rag.batcher import DynamicBatcher
 from services.rag.cache import ByteCache, RagCaches, build_cache
-from services.rag.collection import ChunkRecord, Collection, CollectionStats, Filters
+from services.rag.collection import ChunkRecord, Collection, CollectionStats
 from services.rag.config import RagConfig
 from services.rag.documents import Chunker, Document, validate_document
 from services.rag.embedder import Embedder, build_embedder
@@ -29,7 +29,7 @@ from services.rag.errors import (
     RagUnavailableError,
 )
 from services.rag.metrics import RagMetrics
-from services.rag.results import Chunk, Embeddings, IngestResult, Retrieval
+from services.rag.results import Chunk, Embeddings, Filters, IngestResult, Retrieval
 
 log = logging.getLogger(__name__)
 

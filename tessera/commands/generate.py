@@ -11,11 +11,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from engine.api import InvalidRequestError, SamplingParams, SamplingParamsError
 from engine.config import EngineConfig
-from engine.errors import InvalidRequestError
 from engine.llm_engine import LLMEngine
 from engine.model_source import ModelSourceError
-from engine.sampling_params import SamplingParams, SamplingParamsError
 from tessera.cli_args import (
     add_dataclass_flags,
     add_settings_flags,

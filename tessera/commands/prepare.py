@@ -16,7 +16,7 @@ from tessera.cli_args import add_settings_flags, parse_settings
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from gateway.config import ServeConfig
+    from tessera.commands.serve import ServeConfig
 
     p = sub.add_parser(
         "prepare",
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     from engine.llm_engine import LLMEngine
     from engine.model_source import ModelSourceError
-    from gateway.config import ServeConfig
+    from tessera.commands.serve import ServeConfig
 
     config = parse_settings("prepare", ServeConfig, args)
     if config is None:

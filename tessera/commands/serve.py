@@ -1,4 +1,7 @@
-"""`tessera serve`: the embedded stack (gateway + in-process engine) on 127.0.0.1:8000."""
+"""`tessera serve`: the embedded stack (gateway + in-process engine + RAG) on 127.0.0.1:8000.
+
+Its settings are the engine's plus the gateway's parts; tessera.embedded composes the stack.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,51 @@ import argparse
 import asyncio
 import sys
 
+from pydantic import Field
+
+from engine.config import EngineConfig
+from gateway.config import GatewayConfig, HTTPConfig
+from gateway.settings_parts import (
+    AuthConfig,
+    EmbeddedRagConfig,
+    RateLimitConfig,
+    RedisConfig,
+    ResponseCacheConfig,
+    SemanticCacheConfig,
+)
 from tessera.cli_args import add_settings_flags, parse_settings
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from gateway.config import ServeConfig
+class ServeConfig(EngineConfig):
+    """Root of `tessera serve`: the embedded stack, an in-process engine behind the gateway."""
 
+    http: HTTPConfig = Field(default_factory=lambda: HTTPConfig())
+    auth: AuthConfig = Field(default_factory=lambda: AuthConfig())
+    limits: RateLimitConfig = Field(default_factory=lambda: RateLimitConfig())
+    response_cache: ResponseCacheConfig = Field(default_factory=lambda: ResponseCacheConfig())
+    semantic_cache: SemanticCacheConfig = Field(default_factory=lambda: SemanticCacheConfig())
+    redis: RedisConfig = Field(default_factory=lambda: RedisConfig())
+
+    rag: EmbeddedRagConfig = Field(default_factory=lambda: EmbeddedRagConfig())
+
+    def gateway_config(self) -> GatewayConfig:
+        """The gateway part (no remote engines or sidecar: they run in this process)."""
+        return GatewayConfig(
+            http=self.http,
+            auth=self.auth,
+            limits=self.limits,
+            response_cache=self.response_cache,
+            semantic_cache=self.semantic_cache,
+            redis=self.redis,
+        )
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            model=self.model, cache=self.cache, scheduler=self.scheduler, backend=self.backend
+        )
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "serve",
         help="run the embedded stack: OpenAI-compatible gateway + in-process engine",
@@ -21,16 +63,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(run=run)
 
 
-async def _serve(config: object) -> int:
-    from gateway.embedded import banner, build_embedded
+async def _serve(config: ServeConfig) -> int:
+    from tessera.embedded import banner, build_embedded
 
-    server = await build_embedded(config)  # type: ignore[arg-type]
+    server = await build_embedded(config)
     return await server.serve_forever(banner)
 
 
 def run(args: argparse.Namespace) -> int:
     from engine.model_source import ModelSourceError
-    from gateway.config import ServeConfig
 
     config = parse_settings("serve", ServeConfig, args)
     if config is None:

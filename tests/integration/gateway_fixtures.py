@@ -11,9 +11,9 @@ from typing import Any
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model_source import ModelBundle
-from gateway.config import ServeConfig
-from gateway.embedded import build_embedded
 from gateway.server import GatewayServer
+from tessera.commands.serve import ServeConfig
+from tessera.embedded import build_embedded
 
 ENGINE_SETTINGS: dict[str, Any] = {
     "model": {"max_model_len": 512},

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import torch
 
+from engine.api import SamplingParams
 from engine.llm_engine import LLMEngine
 from engine.model_source import ModelBundle
-from engine.sampling_params import SamplingParams
 from tests.conftest import make_engine
 
 NEW_TOKENS = 64

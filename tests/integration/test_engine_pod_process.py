@@ -12,10 +12,8 @@ import time
 import httpx
 import pytest
 
-from engine.sampling_params import SamplingParams
-from engine.sequence import FinishReason
-from engine.service.client import GrpcEngineClient
-from engine.service.errors import EngineUnavailableError
+from engine.api import EngineUnavailableError, FinishReason, SamplingParams
+from engine.api.grpc_client import GrpcEngineClient
 from tessera.http_server import free_port
 
 LONG = SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True)

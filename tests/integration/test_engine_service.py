@@ -14,16 +14,21 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from engine.api import (
+    ChatPrompt,
+    EngineUnavailableError,
+    FinishReason,
+    InvalidRequestError,
+    QueueFullError,
+    SamplingParams,
+)
+from engine.api.grpc_client import GrpcEngineClient
 from engine.config import EngineConfig, EnginePodConfig
-from engine.errors import InvalidRequestError, QueueFullError
 from engine.llm_engine import LLMEngine
 from engine.model_source import ModelBundle, load_model
-from engine.sampling_params import SamplingParams
-from engine.sequence import FinishReason
-from engine.service.client import ChatPrompt, GrpcEngineClient
-from engine.service.errors import RETRY_AFTER_KEY, EngineUnavailableError
 from engine.service.server import SERVICE_NAME, EnginePod
 from tessera.engine.v1 import engine_pb2 as pb
+from tessera.grpc_errors import RETRY_AFTER_KEY
 
 PROMPTS = [
     "The quick brown fox",
@@ -156,7 +161,8 @@ async def test_full_queue_is_refused_at_once_with_a_retry_hint(tiny: ModelBundle
     try:
         held = [await client.generate(p, LONG) for p in PROMPTS[:3]]  # 1 running, 2 waiting
         info = await client.info()
-        assert (info.num_running, info.num_waiting, info.waiting_capacity_left) == (1, 2, 0)
+        load = info.load
+        assert (load.num_running, load.num_waiting, load.waiting_capacity_left) == (1, 2, 0)
         t0 = time.perf_counter()
         with pytest.raises(QueueFullError) as refused:
             await client.generate(PROMPTS[3], GREEDY)

@@ -19,10 +19,10 @@ import torch
 
 from engine import accuracy
 from engine.accuracy import GATE_TEXT, compare_on_text, run_gates
+from engine.api import SamplingParams
 from engine.backend_choice import Measured, choose_backend, decode_inputs, median_step_seconds
 from engine.backends import Backend, BackendOptions, create_backend, onnx_graph
 from engine.model_source import ModelBundle
-from engine.sampling_params import SamplingParams
 from tests.conftest import make_engine
 from tests.integration.test_engine_fidelity import NEW_TOKENS, chat_prompts, check_all
 

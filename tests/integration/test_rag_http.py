@@ -10,11 +10,12 @@ import httpx
 import numpy as np
 import pytest
 
-from services.rag.client import HttpRagClient, InProcessRagClient
+from services.rag.client import HttpRagClient
 from services.rag.config import EmbedderConfig
 from services.rag.documents import Document
 from services.rag.embedder import Embedder, build_embedder
 from services.rag.errors import CollectionNotFoundError, InvalidInputError, RagUnavailableError
+from services.rag.local_client import InProcessRagClient
 from services.rag.server import RagServer
 from services.rag.service import RagService
 from tests.unit.services.rag.helpers import rag_config

@@ -201,7 +201,7 @@ class EngineLoad(_message.Message):
     def __init__(self, num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., kv_usage: _Optional[float] = ..., num_free_blocks: _Optional[int] = ..., waiting_capacity_left: _Optional[int] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("model", "model_source", "backend", "quantization", "device", "dtype", "max_model_len", "num_kv_blocks", "block_size", "max_num_seqs", "max_num_batched_tokens", "max_waiting", "load", "accepting", "version")
+    __slots__ = ("model", "model_source", "backend", "quantization", "device", "dtype", "max_model_len", "num_kv_blocks", "block_size", "max_num_seqs", "max_num_batched_tokens", "max_waiting", "load", "accepting", "version", "created")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_SOURCE_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -217,6 +217,7 @@ class InfoResponse(_message.Message):
     LOAD_FIELD_NUMBER: _ClassVar[int]
     ACCEPTING_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_source: str
     backend: str
@@ -232,4 +233,5 @@ class InfoResponse(_message.Message):
     load: EngineLoad
     accepting: bool
     version: str
-    def __init__(self, model: _Optional[str] = ..., model_source: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_model_len: _Optional[int] = ..., num_kv_blocks: _Optional[int] = ..., block_size: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., max_num_batched_tokens: _Optional[int] = ..., max_waiting: _Optional[int] = ..., load: _Optional[_Union[EngineLoad, _Mapping]] = ..., accepting: _Optional[bool] = ..., version: _Optional[str] = ...) -> None: ...
+    created: int
+    def __init__(self, model: _Optional[str] = ..., model_source: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_model_len: _Optional[int] = ..., num_kv_blocks: _Optional[int] = ..., block_size: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., max_num_batched_tokens: _Optional[int] = ..., max_waiting: _Optional[int] = ..., load: _Optional[_Union[EngineLoad, _Mapping]] = ..., accepting: _Optional[bool] = ..., version: _Optional[str] = ..., created: _Optional[int] = ...) -> None: ...

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+from engine.api import SamplingParams
 from engine.kv_cache import KVCacheManager
-from engine.sampling_params import SamplingParams
 from engine.scheduler import (
     RunnerOutput,
     SampledToken,

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 import torch
 
+from engine.api import SamplingParams
 from engine.config import EngineConfig
 from engine.kernels import load_cpu_kernels
 from engine.llm_engine import LLMEngine
 from engine.model_source import load_model
-from engine.sampling_params import SamplingParams
 
 needs_kernels = pytest.mark.skipif(load_cpu_kernels() is None, reason="no C++ toolchain")
 # Three query heads on one KV head, a hidden size that is no whole number of 64-wide tiles.

@@ -7,13 +7,17 @@ import time
 
 import pytest
 
+from engine.api import (
+    FinishReason,
+    InvalidRequestError,
+    PromptTooLongError,
+    QueueFullError,
+    SamplingParams,
+)
 from engine.async_engine import AsyncEngine
 from engine.config import EngineConfig
-from engine.errors import InvalidRequestError, PromptTooLongError, QueueFullError
 from engine.llm_engine import LLMEngine
 from engine.model_source import ModelBundle, load_model
-from engine.sampling_params import SamplingParams
-from engine.sequence import FinishReason
 
 PROMPTS = [
     "The quick brown fox",

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import pytest
 import torch
 
+from engine.api import SamplingParams
 from engine.sampler import Sampler, SamplingBatch, apply_penalties, argmax_rows
-from engine.sampling_params import SamplingParams
 
 
 def make_batch(

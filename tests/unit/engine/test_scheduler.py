@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.scheduler import QueueFullError, SchedulingPolicy
-from engine.sequence import FinishReason, SequenceStatus
+from engine.api import FinishReason, QueueFullError
+from engine.scheduler import SchedulingPolicy
+from engine.sequence import SequenceStatus
 from tests.unit.engine.factories import (
     fake_runner_output,
     make_scheduler,

@@ -1,5 +1,10 @@
-"""`tessera serve`: gateway and engine in one process, the engine reached in-process
-through the same EngineClient interface the gateway uses for remote engine pods."""
+"""The embedded stack of `tessera serve`, composed: the gateway, an in-process engine reached
+through the same EngineClient interface the gateway uses for remote engine pods, and the
+RAG service.
+
+This is the one module that knows both sides; the gateway package imports only the
+engine's and RAG's contracts (engine.api, services.rag.client).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,14 @@ import logging
 
 from engine.async_engine import AsyncEngine
 from engine.llm_engine import LLMEngine
+from engine.local_client import LocalEngineClient
 from engine.metrics import EngineMetrics
-from engine.service.client import LocalEngineClient
-from gateway.config import ServeConfig
 from gateway.core import Gateway
 from gateway.server import GatewayServer
-from services.rag.client import InProcessRagClient
 from services.rag.config import RagConfig
+from services.rag.local_client import InProcessRagClient
 from services.rag.server import RagServer
+from tessera.commands.serve import ServeConfig
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
-from engine.sequence import FinishReason, TokenLogprob
+
+class FinishReason(str, enum.Enum):
+    """Why a sequence stopped, in OpenAI's vocabulary (plus abort)."""
+
+    STOP = "stop"  # EOS, a stop token id or a stop string
+    LENGTH = "length"  # max_tokens or the context length
+    ABORT = "abort"  # client gone, deadline passed, or engine shutting down
+
+
+@dataclass
+class TokenLogprob:
+    """The sampled token's logprob and the top alternatives, best first."""
+
+    logprob: float
+    top: list[tuple[int, float]]
 
 
 @dataclass

@@ -1,12 +1,18 @@
-"""Between the engine's types and the wire messages of tessera.engine.v1 (both directions)."""
+"""Between the contract's types and the wire messages of tessera.engine.v1 (both directions)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from engine.outputs import CompletionDelta, RequestOutput, RequestTimings
-from engine.sampling_params import SamplingParams
-from engine.sequence import FinishReason, TokenLogprob
+from engine.api.client import EngineInfo, EngineLoad
+from engine.api.outputs import (
+    CompletionDelta,
+    FinishReason,
+    RequestOutput,
+    RequestTimings,
+    TokenLogprob,
+)
+from engine.api.params import SamplingParams
 from tessera.engine.v1 import engine_pb2 as pb
 
 _FINISH_TO_PB = {
@@ -140,3 +146,41 @@ def output_from_pb(msg: Any) -> RequestOutput:
         num_output_tokens=msg.usage.completion_tokens,
         timings=timings,
     )
+
+
+_INFO_FIELDS = (
+    "model",
+    "model_source",
+    "backend",
+    "quantization",
+    "device",
+    "dtype",
+    "max_model_len",
+    "num_kv_blocks",
+    "block_size",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "max_waiting",
+    "accepting",
+    "version",
+    "created",
+)
+_LOAD_FIELDS = (
+    "num_running",
+    "num_waiting",
+    "kv_usage",
+    "num_free_blocks",
+    "waiting_capacity_left",
+)
+
+
+def info_to_pb(info: EngineInfo) -> pb.InfoResponse:
+    """The Info RPC's reply."""
+    load = pb.EngineLoad(**{f: getattr(info.load, f) for f in _LOAD_FIELDS})
+    return pb.InfoResponse(load=load, **{f: getattr(info, f) for f in _INFO_FIELDS})
+
+
+def info_from_pb(msg: pb.InfoResponse) -> EngineInfo:
+    """EngineInfo from the Info RPC's reply (clients of remote engines)."""
+    load = EngineLoad(**{f: getattr(msg.load, f) for f in _LOAD_FIELDS})
+    return EngineInfo(load=load, **{f: getattr(msg, f) for f in _INFO_FIELDS})

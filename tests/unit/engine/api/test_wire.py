@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from engine.outputs import CompletionDelta, RequestOutput, RequestTimings
-from engine.sampling_params import SamplingParams, SamplingParamsError
-from engine.sequence import FinishReason, TokenLogprob
-from engine.service import convert
+from engine.api import (
+    CompletionDelta,
+    FinishReason,
+    RequestOutput,
+    RequestTimings,
+    SamplingParams,
+    SamplingParamsError,
+    TokenLogprob,
+    wire,
+)
 from tessera.engine.v1 import engine_pb2 as pb
 
 
 def test_unset_sampling_fields_keep_engine_defaults() -> None:
-    assert convert.sampling_from_pb(pb.SamplingParams()) == SamplingParams()
+    assert wire.sampling_from_pb(pb.SamplingParams()) == SamplingParams()
 
 
 def test_sampling_params_round_trip_every_field() -> None:
@@ -34,7 +40,7 @@ def test_sampling_params_round_trip_every_field() -> None:
         logprobs=4,
         skip_special_tokens=False,
     )
-    back = convert.sampling_from_pb(convert.sampling_to_pb(params))
+    back = wire.sampling_from_pb(wire.sampling_to_pb(params))
     assert back.temperature == pytest.approx(0.7)
     back.temperature = params.temperature
     for name in ("top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
@@ -45,12 +51,12 @@ def test_sampling_params_round_trip_every_field() -> None:
 
 def test_temperature_zero_is_kept_as_greedy_not_default() -> None:
     msg = pb.SamplingParams(temperature=0.0)
-    assert convert.sampling_from_pb(msg).greedy
+    assert wire.sampling_from_pb(msg).greedy
 
 
 def test_out_of_range_wire_values_are_rejected() -> None:
     with pytest.raises(SamplingParamsError, match="top_p"):
-        convert.sampling_from_pb(pb.SamplingParams(top_p=1.5))
+        wire.sampling_from_pb(pb.SamplingParams(top_p=1.5))
 
 
 def test_request_output_round_trip_keeps_tokens_logprobs_and_reasons() -> None:
@@ -67,9 +73,9 @@ def test_request_output_round_trip_keeps_tokens_logprobs_and_reasons() -> None:
         num_output_tokens=4,
         timings=RequestTimings(queued=0.01, first_token=0.2, finished=None),
     )
-    msg = convert.output_to_pb(out, piece=lambda t: f"<{t}>")
+    msg = wire.output_to_pb(out, piece=lambda t: f"<{t}>")
     assert msg.deltas[0].logprobs[0].top[1].token == "<9>"
-    back = convert.output_from_pb(msg)
+    back = wire.output_from_pb(msg)
     assert back.deltas[1].stop_reason == "###" and back.deltas[2].stop_reason == 2
     assert back.deltas[0].logprobs[0].top[1][0] == 9
     assert back.deltas[0].logprobs[0].logprob == pytest.approx(-0.1)
