@@ -1,0 +1,1 @@
+"""The decoder, written once for paged attention, and its layers (attention, RoPE, weights)."""
