@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from engine.api import RequestOutput
+from engine.llm_engine import EngineStats, StepStats
 from tessera.metric_buckets import (
     E2E_BUCKETS,
     ITL_BUCKETS,
@@ -23,7 +24,7 @@ from tessera.metric_buckets import (
     TOKENS_PER_STEP_BUCKETS,
     TTFT_BUCKETS,
 )
-from engine.llm_engine import EngineStats, StepStats
+
 
 class _LoadCollector(Collector):
     """Gauges and cumulative counters read from EngineStats at scrape time."""

@@ -26,6 +26,8 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.retry_after = retry_after
+        self.request_id: str | None = None
+        """The call's request id once known (sent back as X-Request-Id)."""
 
     def body(self) -> dict[str, Any]:
         """The JSON body: {"error": {"message", "type", "param", "code"}}."""

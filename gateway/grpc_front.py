@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,12 @@ import grpc
 from google.protobuf import json_format
 from pydantic import BaseModel, ValidationError
 
+from gateway.accounting import RequestContext
 from gateway.api.chat import ChatCompletionRequest
 from gateway.api.completions import CompletionRequest
-from gateway.api.generation import RequestContext, request_id_from
-from gateway.api.models import list_models
+from gateway.api.embeddings import EmbeddingRequest, create_embeddings
 from gateway.core import Gateway
-from gateway.errors import APIError, bad_request
-from gateway.rag import EmbeddingRequest, create_embeddings
+from gateway.errors import bad_request
 from tessera.grpc_errors import ErrorInterceptor
 from tessera.http_server import grpc_server_credentials
 from tessera.v1 import chat_pb2, completions_pb2, embeddings_pb2, models_pb2, service_pb2_grpc
@@ -88,66 +86,48 @@ def _to_proto(model: BaseModel, message: Any) -> Any:
 
 
 class TesseraServicer(service_pb2_grpc.TesseraServicer):
+    """The public API over gRPC: each call opens through the gateway's accounting, like a
+    REST call, and runs the same handler."""
+
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
 
-    def _context(self, context: grpc.aio.ServicerContext) -> RequestContext:
-        md = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
-        principal = self.gw.authenticate(md.get("authorization"), md.get("api-key"))
-        bypass = md.get("x-tessera-cache", "").lower() == "bypass"
-        return RequestContext(
-            principal, request_id_from(md.get("x-request-id")), bypass_cache=bypass
-        )
+    def _open(self, route: str, context: grpc.aio.ServicerContext) -> RequestContext:
+        metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
+        return self.gw.accounting.open(f"grpc_{route}", metadata)
 
-    @staticmethod
-    def _access_log(route: str, ctx: RequestContext | None, status: int, t0: float) -> None:
-        log.info(
-            "grpc_%s %d",
-            route,
-            status,
-            extra={
-                "request_id": ctx.request_id if ctx else None,
-                "route": f"grpc_{route}",
-                "status": status,
-                "duration_ms": round((time.perf_counter() - t0) * 1000, 1),
-            },
-        )
-
-    async def _fail(self, context: grpc.aio.ServicerContext, route: str, e: Exception) -> None:
-        if not isinstance(e, APIError):
-            incident = secrets.token_hex(6)
-            log.error("internal error %s on gRPC %s", incident, route, exc_info=e)
-            e = APIError(500, f"internal error (incident {incident})", "server_error")
-        self.gw.metrics.requests.labels(f"grpc_{route}", str(e.status)).inc()
-        md = [("error-type", e.type)]
-        md += [("error-code", e.code)] if e.code else []
-        md += [("error-param", e.param)] if e.param else []
-        if e.retry_after is not None:
-            md.append(("retry-after-ms", str(int(e.retry_after * 1000))))
+    async def _fail(
+        self,
+        context: grpc.aio.ServicerContext,
+        ctx: RequestContext | None,
+        route: str,
+        e: Exception,
+    ) -> None:
+        error = self.gw.accounting.fail(ctx, f"grpc_{route}", e)
+        md = [("error-type", error.type)]
+        md += [("error-code", error.code)] if error.code else []
+        md += [("error-param", error.param)] if error.param else []
+        if error.retry_after is not None:
+            md.append(("retry-after-ms", str(int(error.retry_after * 1000))))
         context.set_trailing_metadata(tuple(md))
-        await context.abort(_STATUS.get(e.status, grpc.StatusCode.INTERNAL), e.message)
+        await context.abort(_STATUS.get(error.status, grpc.StatusCode.INTERNAL), error.message)
 
     async def _unary(
         self,
         route: str,
-        handler: Any,
-        model: type[BaseModel],
-        msg: Any,
+        parse: Callable[[], Any],
+        run: Callable[[Any, RequestContext], Awaitable[BaseModel]],
         context: grpc.aio.ServicerContext,
         out: Any,
     ) -> Any:
-        t0 = time.perf_counter()
         ctx: RequestContext | None = None
         try:
-            ctx = self._context(context)
-            req = _validate(model, _request_dict(msg, stream=False))
-            result = await handler.create(req, ctx)
+            ctx = self._open(route, context)
+            result = await run(parse(), ctx)
         except Exception as e:
-            self._access_log(route, ctx, e.status if isinstance(e, APIError) else 500, t0)
-            await self._fail(context, route, e)
+            await self._fail(context, ctx, route, e)
             raise
-        self.gw.metrics.requests.labels(f"grpc_{route}", "200").inc()
-        self._access_log(route, ctx, 200, t0)
+        self.gw.accounting.close(ctx, 200)
         if ctx.cache_status:
             await context.send_initial_metadata((("x-tessera-cache", ctx.cache_status),))
         return _to_proto(result, out())
@@ -155,83 +135,70 @@ class TesseraServicer(service_pb2_grpc.TesseraServicer):
     async def _stream(
         self,
         route: str,
-        handler: Any,
-        model: type[BaseModel],
-        msg: Any,
+        parse: Callable[[], Any],
+        run: Callable[[Any, RequestContext], Awaitable[Any]],
         context: grpc.aio.ServicerContext,
         out: Any,
     ) -> AsyncIterator[Any]:
-        t0 = time.perf_counter()
         ctx: RequestContext | None = None
         try:
-            ctx = self._context(context)
-            req = _validate(model, _request_dict(msg, stream=True))
-            chunks = await handler.create(req, ctx)
+            ctx = self._open(route, context)
+            chunks = await run(parse(), ctx)
             async for chunk in chunks:
                 yield _to_proto(chunk, out())
         except grpc.aio.AbortError:
             raise
         except Exception as e:
-            self._access_log(route, ctx, e.status if isinstance(e, APIError) else 500, t0)
-            await self._fail(context, route, e)
-        self.gw.metrics.requests.labels(f"grpc_{route}", "200").inc()
-        self._access_log(route, ctx, 200, t0)
+            await self._fail(context, ctx, route, e)
+        if ctx is not None:
+            self.gw.accounting.close(ctx, 200)
 
     async def CreateChatCompletion(self, request: Any, context: Any) -> Any:
-        return await self._unary(
-            "chat", self.gw.chat, ChatCompletionRequest, request, context, chat_pb2.ChatCompletion
-        )
+        def parse() -> ChatCompletionRequest:
+            return _validate(ChatCompletionRequest, _request_dict(request, stream=False))
+
+        out = chat_pb2.ChatCompletion
+        return await self._unary("chat", parse, self.gw.chat.create, context, out)  # type: ignore[arg-type]
 
     async def StreamChatCompletion(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        async for m in self._stream(
-            "chat",
-            self.gw.chat,
-            ChatCompletionRequest,
-            request,
-            context,
-            chat_pb2.ChatCompletionChunk,
-        ):
+        def parse() -> ChatCompletionRequest:
+            return _validate(ChatCompletionRequest, _request_dict(request, stream=True))
+
+        out = chat_pb2.ChatCompletionChunk
+        async for m in self._stream("chat", parse, self.gw.chat.create, context, out):
             yield m
 
     async def CreateCompletion(self, request: Any, context: Any) -> Any:
-        return await self._unary(
-            "completions",
-            self.gw.completions,
-            CompletionRequest,
-            request,
-            context,
-            completions_pb2.Completion,
-        )
+        def parse() -> CompletionRequest:
+            return _validate(CompletionRequest, _request_dict(request, stream=False))
+
+        out = completions_pb2.Completion
+        return await self._unary("completions", parse, self.gw.completions.create, context, out)  # type: ignore[arg-type]
 
     async def StreamCompletion(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        async for m in self._stream(
-            "completions",
-            self.gw.completions,
-            CompletionRequest,
-            request,
-            context,
-            completions_pb2.Completion,
-        ):
+        def parse() -> CompletionRequest:
+            return _validate(CompletionRequest, _request_dict(request, stream=True))
+
+        out = completions_pb2.Completion
+        async for m in self._stream("completions", parse, self.gw.completions.create, context, out):
             yield m
 
     async def CreateEmbeddings(self, request: Any, context: Any) -> Any:
-        try:
-            self._context(context)
+        def parse() -> EmbeddingRequest:
             body = json_format.MessageToDict(request, preserving_proto_field_name=True)
-            req = _validate(EmbeddingRequest, body)
-            result = await create_embeddings(self.gw.rag, self.gw.embedding_model, req)
-        except Exception as e:
-            await self._fail(context, "embeddings", e)
-            raise
-        self.gw.metrics.requests.labels("grpc_embeddings", "200").inc()
-        return _to_proto(result, embeddings_pb2.EmbeddingList())
+            return _validate(EmbeddingRequest, body)
+
+        async def embed(req: EmbeddingRequest, ctx: RequestContext) -> BaseModel:
+            return await create_embeddings(self.gw.rag, self.gw.embedding_model, req)
+
+        out = embeddings_pb2.EmbeddingList
+        return await self._unary("embeddings", parse, embed, context, out)
 
     async def ListModels(self, request: Any, context: Any) -> Any:
-        try:
-            self._context(context)
-        except Exception as e:
-            await self._fail(context, "models", e)
-        return _to_proto(list_models(self.gw.pool), models_pb2.ModelList())
+        async def models(_: None, ctx: RequestContext) -> BaseModel:
+            return await self.gw.catalog.models()
+
+        return await self._unary("models", lambda: None, models, context, models_pb2.ModelList)
 
 
 async def start_grpc(

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tessera.metric_buckets import E2E_BUCKETS, TTFT_BUCKETS
+
+if TYPE_CHECKING:
+    from gateway.api.common import Usage
 
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 TTFT_STAGES = ("gateway_queue", "cache_lookup", "retrieval", "engine_queue", "prefill")
@@ -100,3 +104,15 @@ class GatewayMetrics:
         for stage, seconds in stages.items():
             if stage in TTFT_STAGES:
                 self.ttft_stage.labels(stage).observe(max(0.0, seconds))
+
+    def observe_generation(
+        self, route: str, stages: dict[str, float], usage: Usage | None, ttft: float | None
+    ) -> None:
+        """A generation ended: its time to first token and stages (when a token came), and
+        the tokens it used (when it ran on an engine to the end)."""
+        if ttft is not None:
+            self.ttft.labels(route).observe(ttft)
+            self.observe_stages(stages)
+        if usage is not None:
+            self.prompt_tokens.inc(usage.prompt_tokens)
+            self.generation_tokens.inc(usage.completion_tokens)

@@ -1,4 +1,4 @@
-"""Retrieval for chat and the embeddings endpoint, through the RAG client interface.
+"""Retrieval for chat, through the RAG client interface.
 
 A chat request with ``"rag": {"collection", "top_k"}`` has its last user message used
 as the query; the retrieved chunks become a system message placed before the
@@ -8,15 +8,11 @@ citations (in the response, and in a stream's first chunk).
 
 from __future__ import annotations
 
-import base64
-import struct
-from typing import Any, Literal
-
-from pydantic import BaseModel, Field
+from typing import Any
 
 from engine.api import ChatPrompt, Prompt
-from gateway.api.common import StrictModel
-from gateway.api.generation import RequestContext
+from gateway.accounting import RequestContext
+from gateway.api.generation import GenerationRequest
 from gateway.errors import APIError, bad_request, unsupported
 from services.rag.client import RagClient
 from services.rag.errors import RagError, RagUnavailableError
@@ -29,7 +25,7 @@ CONTEXT_HEADER = (
 )
 
 
-def _rag_error(e: RagError, param: str) -> APIError:
+def rag_error(e: RagError, param: str) -> APIError:
     if isinstance(e, RagUnavailableError):
         return APIError(
             503,
@@ -50,25 +46,23 @@ class Retrieval:
         self._context_length = context_length  # model name -> tokens
 
     async def __call__(
-        self, ctx: RequestContext, req: Any, prompt: Prompt
+        self, ctx: RequestContext, req: GenerationRequest
     ) -> tuple[Prompt, list[dict[str, Any]]]:
-        if not isinstance(prompt, ChatPrompt):
+        prompt, options = req.prompt, req.rag
+        if not isinstance(prompt, ChatPrompt) or options is None:
             raise unsupported("rag", "retrieval for non-chat prompts")
         users = [m for m in prompt.messages if m["role"] == "user" and m["content"].strip()]
         if not users:
             raise bad_request("retrieval needs a user message to search with", "messages")
         try:
             chunks = await self.client.retrieve(
-                req.rag.collection,
-                users[-1]["content"],
-                req.rag.top_k,
-                request_id=ctx.request_id,
+                options.collection, users[-1]["content"], options.top_k, request_id=ctx.request_id
             )
         except RagError as e:
-            raise _rag_error(e, "rag.collection") from e
+            raise rag_error(e, "rag.collection") from e
         max_len = self._context_length(req.model)
         conversation = sum(len(m["content"]) for m in prompt.messages) / CHARS_PER_TOKEN
-        reserve = req.max_tokens or max(64, max_len // 4)
+        reserve = req.requested_max_tokens or max(64, max_len // 4)
         budget = (max_len - reserve - conversation - 64) * CHARS_PER_TOKEN
         parts: list[str] = []
         used = []
@@ -92,68 +86,3 @@ class Retrieval:
             return prompt, citations
         context = {"role": "system", "content": CONTEXT_HEADER + "".join(parts).rstrip()}
         return ChatPrompt([context, *prompt.messages], prompt.add_generation_prompt), citations
-
-
-# ---- /v1/embeddings ------------------------------------------------------------------
-class EmbeddingRequest(StrictModel):
-    """OpenAI's embeddings request (text input only)."""
-
-    input: str | list[str] = Field(..., description="text or texts to embed")
-    model: str
-    encoding_format: Literal["float", "base64"] = "float"
-    user: str | None = None
-    dimensions: int | None = Field(None, description="not supported: the model's own size")
-
-
-class Embedding(BaseModel):
-    object: Literal["embedding"] = "embedding"
-    index: int
-    embedding: list[float] | str
-
-
-class EmbeddingUsage(BaseModel):
-    prompt_tokens: int
-    total_tokens: int
-
-
-class EmbeddingList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[Embedding]
-    model: str
-    usage: EmbeddingUsage
-
-
-MAX_INPUTS = 2048
-
-
-async def create_embeddings(
-    client: RagClient | None, model: str, req: EmbeddingRequest
-) -> EmbeddingList:
-    """Embed through the RAG service; 404 for another model, 400 for bad input."""
-    if client is None:
-        raise unsupported("model", "embeddings (no RAG service is configured)")
-    if req.model != model:
-        raise APIError(
-            404,
-            f"The model `{req.model}` does not exist; embeddings use `{model}`.",
-            "invalid_request_error",
-            "model",
-            "model_not_found",
-        )
-    if req.dimensions is not None:
-        raise unsupported("dimensions", "dimensions")
-    texts = [req.input] if isinstance(req.input, str) else req.input
-    if not texts or len(texts) > MAX_INPUTS or any(not t for t in texts):
-        raise bad_request(f"input must be 1 to {MAX_INPUTS} non-empty strings", "input")
-    try:
-        result = await client.embed(texts)
-    except RagError as e:
-        raise _rag_error(e, "input") from e
-    data = []
-    for i, v in enumerate(result.vectors):
-        value: list[float] | str = v
-        if req.encoding_format == "base64":
-            value = base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
-        data.append(Embedding(index=i, embedding=value))
-    usage = EmbeddingUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens)
-    return EmbeddingList(data=data, model=model, usage=usage)

@@ -3,35 +3,26 @@ OpenAI-shaped errors for everything (validation, auth, limits, unknown routes)."
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import logging
 import secrets
-import time
-from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.api.chat import UNSUPPORTED_CHAT_FIELDS, ChatCompletion, ChatCompletionRequest
-from gateway.api.completions import UNSUPPORTED_COMPLETION_FIELDS, Completion, CompletionRequest
-from gateway.api.generation import RequestContext, request_id_from
-from gateway.api.models import Model, ModelList, get_model, list_models
+from gateway.api import chat, completions, embeddings, models
+from gateway.api.chat import UNSUPPORTED_CHAT_FIELDS
+from gateway.api.completions import UNSUPPORTED_COMPLETION_FIELDS
 from gateway.errors import APIError, bad_request
-from gateway.rag import EmbeddingList, EmbeddingRequest, create_embeddings
 
 if TYPE_CHECKING:
     from gateway.core import Gateway
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 UNSUPPORTED = {**UNSUPPORTED_CHAT_FIELDS, **UNSUPPORTED_COMPLETION_FIELDS}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {
@@ -122,56 +113,19 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     return bad_request(f"{where}: {message}", param=where)
 
 
-def _sse(chunks: AsyncIterator[BaseModel], on_end: Any) -> AsyncIterator[bytes]:
-    async def gen() -> AsyncIterator[bytes]:
-        status = "200"
-        try:
-            async for chunk in chunks:
-                yield b"data: " + chunk.model_dump_json(exclude_none=False).encode() + b"\n\n"
-        except APIError as e:
-            status = str(e.status)
-            yield b"data: " + json.dumps(e.body()).encode() + b"\n\n"
-        except Exception:
-            status = "500"
-            log.exception("stream failed")
-            err = APIError(500, "internal error while streaming", "server_error")
-            yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
-        finally:
-            on_end(status)
-        yield b"data: [DONE]\n\n"
-
-    return gen()
-
-
-async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await work, cancelling it (and so aborting upstream) if the client goes away."""
-    task = asyncio.ensure_future(work)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=0.25)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-                raise APIError(499, "client closed the request", "invalid_request_error")
-    finally:
-        if not task.done():
-            task.cancel()
-
-
 def create_app(gw: Gateway) -> FastAPI:
+    """The OpenAI-compatible REST app of a Gateway: one router per endpoint module."""
     app = FastAPI(
         title="Tessera",
         version=gw.version,
         description="OpenAI-compatible API of the Tessera serving stack.",
         responses=ERROR_RESPONSES,
     )
+    app.state.gateway = gw
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
-        return _error_response(exc, getattr(request.state, "request_id", None))
+        return _error_response(exc, exc.request_id or getattr(request.state, "request_id", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -190,111 +144,8 @@ def create_app(gw: Gateway) -> FastAPI:
             APIError(500, f"internal error (incident {incident})", "server_error")
         )
 
-    async def context(request: Request, route: str) -> RequestContext:
-        rid = request_id_from(request.headers.get("x-request-id"))
-        request.state.request_id = rid  # error responses and the access log carry it too
-        principal = gw.authenticate(
-            request.headers.get("authorization"), request.headers.get("api-key")
-        )
-        bypass = "no-cache" in request.headers.get("cache-control", "") or (
-            request.headers.get("x-tessera-cache", "").lower() == "bypass"
-        )
-        return RequestContext(principal=principal, request_id=rid, bypass_cache=bypass)
-
-    def headers(ctx: RequestContext) -> dict[str, str]:
-        h = {"X-Request-Id": ctx.request_id}
-        if ctx.cache_status:
-            h["X-Tessera-Cache"] = ctx.cache_status
-        return h
-
-    def access_log(request: Request, route: str, status: str, t0: float) -> None:
-        log.info(
-            "%s %s",
-            route,
-            status,
-            extra={
-                "request_id": getattr(request.state, "request_id", None),
-                "route": route,
-                "status": int(status),
-                "duration_ms": round((time.perf_counter() - t0) * 1000, 1),
-            },
-        )
-
-    async def generate(request: Request, route: str, handler: Any, body: Any) -> Response:
-        t0 = time.perf_counter()
-        try:
-            ctx = await context(request, route)
-            result = await handler.create(body, ctx)
-        except APIError as e:
-            gw.metrics.requests.labels(route, str(e.status)).inc()
-            access_log(request, route, str(e.status), t0)
-            raise
-        if isinstance(result, BaseModel):
-            gw.metrics.requests.labels(route, "200").inc()
-            gw.metrics.latency.labels(route).observe(time.perf_counter() - t0)
-            access_log(request, route, "200", t0)
-            return JSONResponse(result.model_dump(mode="json"), headers=headers(ctx))
-
-        def on_end(status: str) -> None:
-            gw.metrics.requests.labels(route, status).inc()
-            gw.metrics.latency.labels(route).observe(time.perf_counter() - t0)
-            access_log(request, route, status, t0)
-
-        return StreamingResponse(
-            _sse(result, on_end),
-            media_type="text/event-stream",
-            headers={**headers(ctx), "Cache-Control": "no-cache"},
-        )
-
-    @app.post(
-        "/v1/chat/completions",
-        response_model=ChatCompletion,
-        responses={200: {"content": {"text/event-stream": {}}}},
-    )
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        """Chat completion; `stream: true` answers with server-sent events ending in [DONE]."""
-        if body.stream:
-            return await generate(request, "chat", gw.chat, body)
-        return await _until_disconnect(request, generate(request, "chat", gw.chat, body))
-
-    @app.post(
-        "/v1/completions",
-        response_model=Completion,
-        responses={200: {"content": {"text/event-stream": {}}}},
-    )
-    async def completions(body: CompletionRequest, request: Request) -> Response:
-        """Text completion for one or more prompts (text or token ids)."""
-        if body.stream:
-            return await generate(request, "completions", gw.completions, body)
-        return await _until_disconnect(
-            request, generate(request, "completions", gw.completions, body)
-        )
-
-    @app.post("/v1/embeddings", response_model=EmbeddingList)
-    async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
-        """Embeddings from the RAG service's embedder (all-MiniLM-L6-v2, INT8 on CPU)."""
-        t0 = time.perf_counter()
-        try:
-            gw.authenticate(request.headers.get("authorization"), request.headers.get("api-key"))
-            result = await create_embeddings(gw.rag, gw.embedding_model, body)
-        except APIError as e:
-            gw.metrics.requests.labels("embeddings", str(e.status)).inc()
-            raise
-        gw.metrics.requests.labels("embeddings", "200").inc()
-        gw.metrics.latency.labels("embeddings").observe(time.perf_counter() - t0)
-        return JSONResponse(result.model_dump(mode="json"))
-
-    @app.get("/v1/models", response_model=ModelList)
-    async def models(request: Request) -> ModelList:
-        """The models served by the healthy engines."""
-        gw.authenticate(request.headers.get("authorization"), request.headers.get("api-key"))
-        return list_models(gw.pool)
-
-    @app.get("/v1/models/{model_id:path}", response_model=Model)
-    async def model(model_id: str, request: Request) -> Model:
-        """One model."""
-        gw.authenticate(request.headers.get("authorization"), request.headers.get("api-key"))
-        return get_model(gw.pool, model_id)
+    for router in (chat.router, completions.router, embeddings.router, models.router):
+        app.include_router(router)
 
     @app.get("/health", include_in_schema=True)
     async def health() -> dict[str, str]:

@@ -5,13 +5,25 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, Field, model_validator
 
 from engine.api import ChatPrompt
-from gateway.api.common import SamplingFields, StrictModel, Usage, new_id, now
-from gateway.api.generation import Generation, GenerationResult, TokenLogprobs
+from gateway.accounting import RequestContext
+from gateway.api.common import RagOptions, SamplingFields, StrictModel, Usage, now
+from gateway.api.generation import (
+    Generation,
+    GenerationRequest,
+    GenerationResult,
+    Run,
+    TokenLogprobs,
+)
+from gateway.api.http import gateway_of, opens, respond
 from gateway.engines.routing import affinity_key
 from gateway.errors import bad_request, unsupported
+
+router = APIRouter()
 
 UNSUPPORTED_CHAT_FIELDS = {
     "tools": "tool calling (tools)",
@@ -48,11 +60,6 @@ class ChatMessage(StrictModel):
         if isinstance(self.content, str):
             return self.content
         return "".join(p.text for p in self.content)
-
-
-class RagOptions(StrictModel):
-    collection: str = Field(..., min_length=1)
-    top_k: int = Field(4, ge=1, le=50)
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -167,30 +174,38 @@ def _logprobs(items: list[TokenLogprobs]) -> ChoiceLogprobs:
     )
 
 
-def _finish(reason: str | None) -> Any:
-    return reason
-
-
 class ChatHandler:
     """Turns a ChatCompletionRequest into an engine generation and OpenAI's response shapes."""
 
     def __init__(self, generation: Generation) -> None:
         self.generation = generation
 
-    def prepare(self, req: ChatCompletionRequest) -> tuple[ChatPrompt, str | None]:
+    def prepare(self, req: ChatCompletionRequest) -> GenerationRequest:
+        """What the pipeline generates for this request."""
+        if req.rag is not None and not self.generation.retrieval_enabled:
+            raise unsupported("rag", "retrieval (no RAG service is configured)")
         messages = req.engine_messages()
         if req.messages[-1].role == "assistant":
             raise bad_request("the last message must not be from the assistant", "messages")
-        return ChatPrompt(messages), affinity_key(messages, None)
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        params = req.sampling_params(self.generation.context_length(req.model), logprobs)
+        return GenerationRequest(
+            route="chat",
+            model=req.model,
+            prompt=ChatPrompt(messages),
+            params=params,
+            id_prefix="chatcmpl",
+            affinity_key=affinity_key(messages, None),
+            cache_body=req.cache_body(),
+            semantic_messages=messages,
+            rag=req.rag,
+            requested_max_tokens=req.max_tokens,
+        )
 
     async def create(
-        self, req: ChatCompletionRequest, ctx: Any
+        self, req: ChatCompletionRequest, ctx: RequestContext
     ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]:
-        if req.rag is not None and self.generation.retriever is None:
-            raise unsupported("rag", "retrieval (no RAG service is configured)")
-        prompt, key = self.prepare(req)
-        logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        run = await self.generation.start(ctx, req, prompt, key, logprobs, route="chat")
+        run = await self.generation.start(ctx, self.prepare(req))
         if req.stream:
             return self._stream(req, run)
         result = await run.collect()
@@ -216,7 +231,7 @@ class ChatHandler:
         )
 
     async def _stream(
-        self, req: ChatCompletionRequest, run: Any
+        self, req: ChatCompletionRequest, run: Run
     ) -> AsyncIterator[ChatCompletionChunk]:
         rid, created = run.id, now()
 
@@ -267,5 +282,16 @@ def _citations(result: Any) -> list[Citation] | None:
     return [Citation(**c) for c in chunks]
 
 
-def new_chat_id() -> str:
-    return new_id("chatcmpl")
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def create_chat_completion(
+    body: ChatCompletionRequest,
+    request: Request,
+    ctx: RequestContext = Depends(opens("chat")),  # noqa: B008 (FastAPI's dependency idiom)
+) -> Response:
+    """Chat completion; `stream: true` answers with server-sent events ending in [DONE]."""
+    work = gateway_of(request).chat.create(body, ctx)
+    return await respond(request, ctx, work, stream=body.stream)

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.api import SamplingParams, SamplingParamsError
-from gateway.errors import APIError, bad_request
+from gateway.errors import bad_request
 
 MAX_N = 16
 """Completions per request; OpenAI caps n at 128, a CPU engine cannot serve that usefully."""
@@ -26,6 +26,13 @@ class StreamOptions(StrictModel):
     continuous_usage_stats: bool = Field(
         False, description="vLLM extension: every chunk carries the usage so far"
     )
+
+
+class RagOptions(StrictModel):
+    """Retrieve context from a RAG collection for this chat (Tessera's extension)."""
+
+    collection: str = Field(..., min_length=1)
+    top_k: int = Field(4, ge=1, le=50)
 
 
 class SamplingFields(StrictModel):
@@ -57,6 +64,13 @@ class SamplingFields(StrictModel):
         if any(not s for s in stops):
             raise bad_request("stop sequences must be non-empty", "stop")
         return stops
+
+    def cache_body(self, **override: Any) -> dict[str, Any]:
+        """The request as the response cache keys it: streaming and the end-user id do not
+        change the answer."""
+        body = self.model_dump(mode="json", exclude={"stream", "stream_options", "user"})
+        body.update(override)
+        return body
 
     def sampling_params(self, max_model_len: int, logprobs: int | None) -> SamplingParams:
         """Engine params; max_tokens defaults to the rest of the context."""
@@ -124,16 +138,3 @@ def new_id(prefix: str) -> str:
 
 def now() -> int:
     return int(time.time())
-
-
-def reject_fields(body: dict[str, Any], fields: dict[str, str]) -> None:
-    """400 for OpenAI features this server does not implement (never silently ignored)."""
-    for name, what in fields.items():
-        if body.get(name) not in (None, [], {}):
-            raise APIError(
-                400,
-                f"{what} is not supported by this server",
-                "invalid_request_error",
-                name,
-                "unsupported_parameter",
-            )

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Literal
 
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
+from gateway.accounting import RequestContext
 from gateway.api.common import SamplingFields, Usage, make_usage, new_id, now
-from gateway.api.generation import ChoiceEvent, Generation, Run, TokenLogprobs
+from gateway.api.generation import ChoiceEvent, Generation, GenerationRequest, Run, TokenLogprobs
+from gateway.api.http import gateway_of, opens, respond
 from gateway.engines.routing import affinity_key
 from gateway.errors import bad_request, unsupported
+
+router = APIRouter()
 
 UNSUPPORTED_COMPLETION_FIELDS = {
     "suffix": "suffix (insertion)",
@@ -79,25 +85,41 @@ def _logprobs(items: list[TokenLogprobs], offset: int) -> CompletionLogprobs:
 
 
 class CompletionHandler:
+    """Turns a CompletionRequest into engine generations and OpenAI's response shapes."""
+
     def __init__(self, generation: Generation) -> None:
         self.generation = generation
 
-    async def create(
-        self, req: CompletionRequest, ctx: Any
-    ) -> Completion | AsyncIterator[Completion]:
+    def prepare(self, req: CompletionRequest) -> list[GenerationRequest]:
+        """What the pipeline generates: one generation per prompt."""
         if req.best_of is not None and req.best_of != req.n:
             raise unsupported("best_of", "best_of different from n")
         prompts = req.prompts()
         if req.echo and (req.logprobs is not None or not all(isinstance(p, str) for p in prompts)):
             raise unsupported("echo", "echo with logprobs or with token-id prompts")
+        params = req.sampling_params(self.generation.context_length(req.model), req.logprobs)
+        return [
+            GenerationRequest(
+                route="completions",
+                model=req.model,
+                prompt=p,
+                params=params,
+                id_prefix="cmpl",
+                affinity_key=affinity_key(None, p) if isinstance(p, str) else None,
+                cache_body=req.cache_body(prompt=p),
+                requested_max_tokens=req.max_tokens,
+            )
+            for p in prompts
+        ]
+
+    async def create(
+        self, req: CompletionRequest, ctx: RequestContext
+    ) -> Completion | AsyncIterator[Completion]:
+        prompts = req.prompts()
         runs: list[Run] = []
         try:
-            for p in prompts:
-                one = req.model_copy(update={"prompt": p})
-                key = affinity_key(None, p) if isinstance(p, str) else None
-                runs.append(
-                    await self.generation.start(ctx, one, p, key, req.logprobs, "completions")
-                )
+            for one in self.prepare(req):
+                runs.append(await self.generation.start(ctx, one))
         except BaseException:
             for r in runs:
                 await r.aclose()
@@ -211,3 +233,18 @@ class CompletionHandler:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@router.post(
+    "/v1/completions",
+    response_model=Completion,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def create_completion(
+    body: CompletionRequest,
+    request: Request,
+    ctx: RequestContext = Depends(opens("completions")),  # noqa: B008 (FastAPI's idiom)
+) -> Response:
+    """Text completion for one or more prompts (text or token ids)."""
+    work = gateway_of(request).completions.create(body, ctx)
+    return await respond(request, ctx, work, stream=body.stream)

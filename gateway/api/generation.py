@@ -1,48 +1,55 @@
 """The path every generation takes, for chat and completions, REST and gRPC alike:
 
-admission (in-flight bound, rate limits) ▶ response cache ▶ retrieval ▶ routed
-engine stream ▶ per-choice events ▶ usage charged, metrics, cache filled.
+admission (in-flight bound, rate limits) ▶ caches ▶ retrieval ▶ routed engine stream ▶
+per-choice events ▶ usage charged, metrics, cache filled.
+
+Each endpoint's handler turns its request into a GenerationRequest; nothing here reads the
+endpoint's own schema.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from pydantic import BaseModel
-
-from engine.api import Prompt
-from gateway.api.common import SamplingFields, Usage, make_usage, new_id, now
+from engine.api import Prompt, SamplingParams
+from gateway.accounting import RequestContext
+from gateway.admission import Admission
+from gateway.api.common import RagOptions, Usage, make_usage, new_id, now
+from gateway.caching import Caches
 from gateway.engines.pool import RETRYABLE, EnginePool, RoutedStream, engine_error
 from gateway.errors import from_engine_error
-
-_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
-
-
-def request_id_from(given: str | None) -> str:
-    """The client's request id when it is a safe token (it goes into logs and gRPC
-    metadata), else a fresh one."""
-    if given and _CLIENT_REQUEST_ID.fullmatch(given):
-        return given
-    return secrets.token_hex(8)
+from gateway.metrics import GatewayMetrics
 
 
 @dataclass
-class RequestContext:
-    """Per-request facts the fronts fill in and the handlers report back through."""
+class GenerationRequest:
+    """One prompt to generate for, as an endpoint's handler prepared it."""
 
-    principal: Any
-    request_id: str
-    arrival: float = field(default_factory=time.perf_counter)
-    bypass_cache: bool = False
-    cache_status: str | None = None  # "hit", "miss", "bypass"; sent back as a header
-    stages: dict[str, float] = field(default_factory=dict)
-    semantic: tuple[str, Any] | None = None  # (scope, conversation vector) to store the answer
+    route: str
+    """"chat" or "completions": the caches' scope and the metrics' label."""
+    model: str
+    prompt: Prompt
+    params: SamplingParams
+    id_prefix: str
+    """Of the response's id: "chatcmpl" or "cmpl"."""
+    affinity_key: str | None = None
+    """What prefix-affinity routing hashes (the conversation's start)."""
+    cache_body: dict[str, Any] | None = None
+    """The request as the response cache keys it; None: never cached."""
+    semantic_messages: list[dict[str, str]] | None = None
+    """The conversation the semantic cache compares (chat only)."""
+    rag: RagOptions | None = None
+    requested_max_tokens: int | None = None
+    """max_tokens as the client gave it (rate-limit estimate, retrieval's reserve)."""
+
+    @property
+    def estimated_tokens(self) -> int:
+        """Tokens the rate limiter reserves before the generation runs."""
+        return (self.requested_max_tokens or 16) * self.params.n
 
 
 @dataclass
@@ -81,31 +88,6 @@ class GenerationResult:
     usage: Usage
     prompt_token_ids: list[int]
     citations: list[dict[str, Any]] | None = None
-
-
-class Hooks(Protocol):
-    """Admission, caching and metrics, provided by the gateway around the handlers."""
-
-    async def admit(self, ctx: RequestContext, req: SamplingFields) -> Callable[[], None]:
-        """Reserve capacity for the request (429 when none); returns the release call."""
-
-    async def charge(self, ctx: RequestContext, tokens: int) -> None:
-        """Add the tokens a request used to its key's budget."""
-
-    async def cache_get(
-        self, ctx: RequestContext, route: str, req: BaseModel
-    ) -> dict[str, Any] | None:
-        """A cached result for a deterministic request, or None."""
-
-    async def cache_put(
-        self, ctx: RequestContext, route: str, req: BaseModel, result: dict[str, Any]
-    ) -> None:
-        """Store a finished deterministic result."""
-
-    def observe(
-        self, ctx: RequestContext, route: str, result: GenerationResult | None, ttft: float | None
-    ) -> None:
-        """Record the request's metrics when it ends."""
 
 
 def _result_to_cache(result: GenerationResult) -> dict[str, Any]:
@@ -150,26 +132,42 @@ def _result_from_cache(data: dict[str, Any]) -> GenerationResult:
     )
 
 
+Retriever = Callable[
+    [RequestContext, GenerationRequest], Awaitable[tuple[Prompt, list[dict[str, Any]]]]
+]
+"""Adds retrieved context to a chat prompt: (new prompt, citations)."""
+
+
+@dataclass
+class Pipeline:
+    """The small parts a generation passes through, each owning one concern."""
+
+    pool: EnginePool
+    admission: Admission
+    caches: Caches
+    metrics: GatewayMetrics
+    retriever: Retriever | None = None
+    request_timeout: float | None = None
+
+
 class Run:
     """One generation in progress (or a cache hit replayed): events, then a result."""
 
     def __init__(
         self,
         ctx: RequestContext,
-        route: str,
-        req: SamplingFields,
-        hooks: Hooks,
+        request: GenerationRequest,
+        parts: Pipeline,
         stream: RoutedStream | None,
         cached: GenerationResult | None,
         release: Callable[[], None],
-        id_prefix: str,
         citations: list[dict[str, Any]] | None = None,
     ) -> None:
-        self.ctx, self.route, self.req, self.hooks = ctx, route, req, hooks
-        self.id = new_id(id_prefix)
+        self.ctx, self.request, self.parts = ctx, request, parts
+        self.id = new_id(request.id_prefix)
         self._stream, self._cached, self._release = stream, cached, release
         self.citations = citations if cached is None else cached.citations
-        self.choices = [ChoiceResult(i) for i in range(req.n)]
+        self.choices = [ChoiceResult(i) for i in range(request.params.n)]
         self.usage = cached.usage if cached else make_usage(0, 0, 0)
         self.prompt_token_ids: list[int] = cached.prompt_token_ids if cached else []
         self.ttft: float | None = None
@@ -255,65 +253,52 @@ class Run:
         self._release = lambda: None
         if self._cached is None and self.usage.total_tokens:
             with contextlib.suppress(Exception):
-                await self.hooks.charge(self.ctx, self.usage.total_tokens)
+                await self.parts.admission.charge(self.ctx.principal, self.usage.total_tokens)
         complete = self._done and all(c.finish_reason in ("stop", "length") for c in self.choices)
         if complete and self._cached is None:
-            await self.hooks.cache_put(
-                self.ctx, self.route, self.req, _result_to_cache(self.result())
-            )
-        self.hooks.observe(self.ctx, self.route, self.result() if self._done else None, self.ttft)
-
-
-Retriever = Callable[[RequestContext, Any, Prompt], Awaitable[tuple[Prompt, list[dict[str, Any]]]]]
+            await self.parts.caches.put(self.ctx, self.request, _result_to_cache(self.result()))
+        replayed = self.ctx.cache_status in ("hit", "semantic-hit")
+        usage = self.usage if self._done and not replayed else None
+        self.parts.metrics.observe_generation(self.request.route, self.ctx.stages, usage, self.ttft)
 
 
 class Generation:
     """Starts runs: the shared core of the chat and completions handlers."""
 
-    def __init__(
-        self,
-        pool: EnginePool,
-        hooks: Hooks,
-        retriever: Retriever | None = None,
-        request_timeout: float | None = None,
-    ) -> None:
-        self.pool = pool
-        self.hooks = hooks
-        self.retriever = retriever
-        self.request_timeout = request_timeout
+    def __init__(self, parts: Pipeline) -> None:
+        self.parts = parts
+
+    @property
+    def retrieval_enabled(self) -> bool:
+        return self.parts.retriever is not None
 
     def context_length(self, model: str) -> int:
-        return self.pool.require_model(model)
+        """The model's context length (404 when no engine serves it, 503 when none is up)."""
+        return self.parts.pool.require_model(model)
 
-    async def start(
-        self,
-        ctx: RequestContext,
-        req: SamplingFields,
-        prompt: Prompt,
-        key: str | None,
-        logprobs: int | None,
-        route: str,
-    ) -> Run:
-        max_len = self.context_length(req.model)
-        params = req.sampling_params(max_len, logprobs)
-        release = await self.hooks.admit(ctx, req)
+    async def start(self, ctx: RequestContext, request: GenerationRequest) -> Run:
+        """Admit, look up the caches, retrieve, and start the engine stream."""
+        parts = self.parts
+        release = await parts.admission.admit(ctx.principal, request.estimated_tokens)
         try:
             ctx.stages["gateway_queue"] = time.perf_counter() - ctx.arrival
             t0 = time.perf_counter()
-            cached = await self.hooks.cache_get(ctx, route, req)
+            cached = await parts.caches.get(ctx, request)
             ctx.stages["cache_lookup"] = time.perf_counter() - t0
-            prefix = "chatcmpl" if route == "chat" else "cmpl"
             if cached is not None:
-                return Run(
-                    ctx, route, req, self.hooks, None, _result_from_cache(cached), release, prefix
-                )
+                return Run(ctx, request, parts, None, _result_from_cache(cached), release)
             citations = None
-            if getattr(req, "rag", None) is not None and self.retriever is not None:
+            if request.rag is not None and parts.retriever is not None:
                 t1 = time.perf_counter()
-                prompt, citations = await self.retriever(ctx, req, prompt)
+                request.prompt, citations = await parts.retriever(ctx, request)
                 ctx.stages["retrieval"] = time.perf_counter() - t1
-            stream = await self.pool.generate(
-                req.model, prompt, params, key, self.request_timeout, ctx.request_id
+            stream = await parts.pool.generate(
+                request.model,
+                request.prompt,
+                request.params,
+                request.affinity_key,
+                parts.request_timeout,
+                ctx.request_id,
             )
         except BaseException as e:
             release()
@@ -321,4 +306,4 @@ class Generation:
             if mapped is not None:
                 raise mapped from e
             raise
-        return Run(ctx, route, req, self.hooks, stream, None, release, prefix, citations)
+        return Run(ctx, request, parts, stream, None, release, citations)

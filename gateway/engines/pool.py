@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from engine.api import (
     EngineCallError,
     EngineClient,
+    EngineInfo,
     EngineUnavailableError,
     GenerationStream,
     Prompt,
@@ -148,15 +149,15 @@ class EnginePool:
             if e.healthy and e.info is not None and (model is None or e.info.model == model)
         ]
 
-    def models(self) -> dict[str, int]:
-        """Served model name -> context length, over healthy engines."""
-        return {e.info.model: e.info.max_model_len for e in self.healthy() if e.info}
+    def models(self) -> dict[str, EngineInfo]:
+        """Served model name -> the info of an engine serving it, over healthy engines."""
+        return {e.info.model: e.info for e in self.healthy() if e.info}
 
     def require_model(self, model: str) -> int:
         """The model's context length, 404 when no engine serves it, 503 when none is up."""
         served = self.models()
         if model in served:
-            return served[model]
+            return served[model].max_model_len
         if not self.healthy():
             raise overloaded("no engine is available; retry shortly", 1.0, status=503)
         raise model_not_found(model)

@@ -17,7 +17,7 @@ import httpx
 from services.rag.documents import Document
 from services.rag.errors import RagError, RagUnavailableError, error_from_body
 from services.rag.model_files import MODEL_NAME
-from services.rag.results import Chunk, Embeddings, Filters, IngestResult
+from services.rag.results import Chunk, Embeddings, Filters, IngestResult, ModelCard
 
 REQUEST_ID_HEADER = "X-Request-Id"
 """The caller's request id, logged by the sidecar with its line for the request."""
@@ -40,6 +40,10 @@ class RagClient(Protocol):
 
     async def embed(self, texts: list[str]) -> Embeddings:
         """Unit vectors for ``texts`` in order (``.vectors``), with the tokens used."""
+        ...
+
+    async def model_card(self) -> ModelCard:
+        """The embedding model served, with when it was loaded."""
         ...
 
     async def close(self) -> None: ...
@@ -80,6 +84,11 @@ class HttpRagClient:
         rows = sorted(data["data"], key=lambda d: d["index"])
         tokens = int(data.get("usage", {}).get("prompt_tokens", 0))
         return Embeddings([r["embedding"] for r in rows], tokens, str(data.get("model")))
+
+    async def model_card(self) -> ModelCard:
+        data = await self._call("GET", "/v1/models")
+        m = data["data"][0]
+        return ModelCard(m["id"], int(m["created"]), int(m["max_model_len"]), int(m["dimension"]))
 
     async def create_collection(self, name: str, metadata: dict[str, Any] | None = None) -> None:
         await self._call("POST", "/v1/collections", {"name": name, "metadata": metadata or {}})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.rag.documents import Document
-from services.rag.results import Chunk, Embeddings, Filters, IngestResult
+from services.rag.results import Chunk, Embeddings, Filters, IngestResult, ModelCard
 from services.rag.service import RagService
 
 
@@ -27,6 +27,9 @@ class InProcessRagClient:
 
     async def embed(self, texts: list[str]) -> Embeddings:
         return await self.service.embed(texts)
+
+    async def model_card(self) -> ModelCard:
+        return self.service.model_card()
 
     async def create_collection(self, name: str, metadata: dict[str, Any] | None = None) -> None:
         await self.service.create_collection(name, metadata)

@@ -62,3 +62,14 @@ class Embeddings:
     vectors: list[list[float]]
     prompt_tokens: int
     model: str
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """The embedding model the service serves, as /v1/models lists it."""
+
+    id: str
+    created: int
+    """Unix time at which the service loaded the model."""
+    max_input_tokens: int
+    dimension: int

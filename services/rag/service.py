@@ -29,7 +29,7 @@ from services.rag.errors import (
     RagUnavailableError,
 )
 from services.rag.metrics import RagMetrics
-from services.rag.results import Chunk, Embeddings, Filters, IngestResult, Retrieval
+from services.rag.results import Chunk, Embeddings, Filters, IngestResult, ModelCard, Retrieval
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class RagService:
         self._collections: dict[str, Collection] = {}
         self._catalog_lock = asyncio.Lock()
         self.ready = False
+        self.created = 0
 
     # ---- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -88,6 +89,7 @@ class RagService:
             self._observe_batch,
         )
         self._collections = await asyncio.to_thread(self._open_collections)
+        self.created = int(time.time())
         self.ready = True
         log.info("RAG service ready: %d collection(s) in %s", len(self._collections), self.data_dir)
 
@@ -107,6 +109,11 @@ class RagService:
     @property
     def model_name(self) -> str:
         return self.embedder.model_name
+
+    def model_card(self) -> ModelCard:
+        """The embedding model, when it was loaded, its input limit and vector size."""
+        emb = self.embedder
+        return ModelCard(emb.model_name, self.created, emb.max_seq_length, emb.dimension)
 
     # ---- collections -------------------------------------------------------
     async def create_collection(

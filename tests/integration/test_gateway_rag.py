@@ -170,3 +170,32 @@ async def test_grpc_embeddings_and_chat_with_retrieval(gateway: GatewayServer) -
             metadata=md,
         )
         assert chat.citations[0].document_id == "tessera"
+
+
+async def test_models_list_the_embedding_model_with_kind_and_load_time(
+    gateway: GatewayServer,
+) -> None:
+    """/v1/models and gRPC ListModels list the engine's model and the embedder, each with
+    its kind and the time it was loaded (not a constant)."""
+    from tessera.v1 import models_pb2, service_pb2_grpc
+
+    listed = {m.id: m for m in (await client(gateway).models.list()).data}
+    assert set(listed) == {MODEL, gateway.gateway.embedding_model}
+    generation, embedding = listed[MODEL], listed[gateway.gateway.embedding_model]
+    assert generation.kind == "generation" and embedding.kind == "embedding"  # type: ignore[attr-defined]
+    engine = gateway.gateway.pool.endpoints["local"].client.engine  # type: ignore[attr-defined]
+    assert generation.created == engine.created
+    assert embedding.max_model_len > 0  # type: ignore[attr-defined]
+    assert abs(embedding.created - generation.created) < 600  # both loaded at start-up
+    one = await client(gateway).models.retrieve(gateway.gateway.embedding_model)
+    assert one.created == embedding.created
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+        stub = service_pb2_grpc.TesseraStub(channel)
+        reply = await stub.ListModels(
+            models_pb2.ListModelsRequest(), metadata=(("authorization", f"Bearer {KEY_A}"),)
+        )
+    assert {(m.id, m.kind, m.created) for m in reply.data} == {
+        (MODEL, "generation", generation.created),
+        (embedding.id, "embedding", embedding.created),
+    }

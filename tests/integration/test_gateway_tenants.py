@@ -126,3 +126,39 @@ async def test_redis_down_fails_open_and_logs_once(
             assert r.choices[0].message.content is not None
         assert server.gateway.redis_health.failures >= 4
         assert caplog.text.count("redis unavailable") == 1
+
+
+async def test_grpc_calls_share_the_rest_accounting(gateway: GatewayServer) -> None:
+    """Cache bypass, 401s, counters and latency come from the one accounting path: the
+    gRPC front honours `cache-control: no-cache` metadata as REST honours the header."""
+    import grpc
+
+    from tessera.v1 import chat_pb2, common_pb2, service_pb2_grpc
+
+    request = chat_pb2.ChatCompletionRequest(
+        model=MODEL,
+        messages=[chat_pb2.ChatMessage(role="user", content="Hello over gRPC")],
+        sampling=common_pb2.SamplingOptions(max_tokens=4, temperature=0, ignore_eos=True),
+    )
+    auth = (("authorization", f"Bearer {KEY_A}"),)
+
+    async def cache_status(call: grpc.aio.UnaryUnaryCall) -> str | None:
+        await call
+        return dict(await call.initial_metadata()).get("x-tessera-cache")
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+        stub = service_pb2_grpc.TesseraStub(channel)
+        assert await cache_status(stub.CreateChatCompletion(request, metadata=auth)) == "miss"
+        assert await cache_status(stub.CreateChatCompletion(request, metadata=auth)) == "hit"
+        bypass = (*auth, ("cache-control", "no-cache"))
+        assert await cache_status(stub.CreateChatCompletion(request, metadata=bypass)) == "bypass"
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.CreateChatCompletion(request, metadata=(("authorization", "Bearer nope"),))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    registry = gateway.gateway.registry
+    count = registry.get_sample_value
+    assert count("tessera_gateway_requests_total", {"route": "grpc_chat", "status": "200"}) == 3
+    assert count("tessera_gateway_requests_total", {"route": "grpc_chat", "status": "401"}) == 1
+    latency = count("tessera_gateway_request_duration_seconds_count", {"route": "grpc_chat"})
+    assert latency == 3

@@ -193,6 +193,9 @@ async def test_http_and_in_process_clients_agree_and_raise_typed_errors(server: 
     assert a == b and a[0].chunk_id == "d1#0"
     va, vb = await remote.embed(["x", "y"]), await local.embed(["x", "y"])
     assert np.allclose(va.vectors, vb.vectors, atol=1e-6) and va.prompt_tokens == vb.prompt_tokens
+    card = await remote.model_card()
+    assert card == await local.model_card()
+    assert card.created == server.service.created > 0 and card.dimension == len(va.vectors[0])
     for client in (remote, local):
         with pytest.raises(CollectionNotFoundError):
             await client.retrieve("nope", "q")

@@ -11,10 +11,10 @@ import pkgutil
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 import engine
 import services.rag

@@ -76,3 +76,19 @@ async def create_embeddings(req: EmbeddingsRequest, request: Request) -> dict[st
         "model": req.model,
         "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
     }
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    """The embedding model this sidecar serves (OpenAI's list shape plus its kind)."""
+    card = request.app.state.service.model_card()
+    model = {
+        "id": card.id,
+        "object": "model",
+        "created": card.created,
+        "owned_by": "tessera",
+        "kind": "embedding",
+        "max_model_len": card.max_input_tokens,
+        "dimension": card.dimension,
+    }
+    return {"object": "list", "data": [model]}
