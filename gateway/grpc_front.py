@@ -116,7 +116,7 @@ class TesseraServicer(service_pb2_grpc.TesseraServicer):
         self,
         route: str,
         parse: Callable[[], Any],
-        run: Callable[[Any, RequestContext], Awaitable[BaseModel]],
+        run: Callable[[Any, RequestContext], Awaitable[Any]],
         context: grpc.aio.ServicerContext,
         out: Any,
     ) -> Any:
@@ -158,7 +158,7 @@ class TesseraServicer(service_pb2_grpc.TesseraServicer):
             return _validate(ChatCompletionRequest, _request_dict(request, stream=False))
 
         out = chat_pb2.ChatCompletion
-        return await self._unary("chat", parse, self.gw.chat.create, context, out)  # type: ignore[arg-type]
+        return await self._unary("chat", parse, self.gw.chat.create, context, out)
 
     async def StreamChatCompletion(self, request: Any, context: Any) -> AsyncIterator[Any]:
         def parse() -> ChatCompletionRequest:
@@ -173,7 +173,7 @@ class TesseraServicer(service_pb2_grpc.TesseraServicer):
             return _validate(CompletionRequest, _request_dict(request, stream=False))
 
         out = completions_pb2.Completion
-        return await self._unary("completions", parse, self.gw.completions.create, context, out)  # type: ignore[arg-type]
+        return await self._unary("completions", parse, self.gw.completions.create, context, out)
 
     async def StreamCompletion(self, request: Any, context: Any) -> AsyncIterator[Any]:
         def parse() -> CompletionRequest:
