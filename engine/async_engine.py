@@ -195,6 +195,9 @@ class AsyncEngine:
             raise EngineDeadError("the engine has stopped")
         rid = request_id or f"req-{uuid.uuid4().hex}"
         prompt_ids = self.engine.tokenize_prompt(self.render(prompt))
+        if params is not None and params.structured_outputs is not None:
+            # compiled (or found in the cache) here, so the engine thread never waits for it
+            await asyncio.to_thread(self.engine.grammars.compile, params.structured_outputs)
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         added: concurrent.futures.Future[None] = concurrent.futures.Future()
 

@@ -31,6 +31,7 @@ from engine.runner import ModelRunner
 from engine.sampler import Sampler
 from engine.scheduler import Scheduler, SchedulerLimits, SchedulingPolicy
 from engine.sequence import Sequence
+from engine.structured_output import GrammarManager
 from engine.warmup import EngineCapacity, kv_pool_blocks, warm_up
 
 
@@ -144,6 +145,7 @@ class LLMEngine:
         sampler = Sampler(torch.Generator().manual_seed(config.model.seed))
         self.runner = ModelRunner(self.backend, cache.block_size, sampler)
         self.outputs = OutputProcessor(self.scheduler)
+        self.grammars = GrammarManager(self.tokenizer, self.bundle.config.vocab_size)
         self._seq_ids = itertools.count()
         self._request_ids = itertools.count()
         self._deadlines: dict[str, float] = {}
@@ -171,6 +173,15 @@ class LLMEngine:
             )
         return ids
 
+    def check_params(self, params: SamplingParams) -> None:
+        """What only the model can check: token ids of logit_bias within its vocabulary."""
+        vocab = self.bundle.config.vocab_size
+        bad = [t for t in params.logit_bias if t >= vocab]
+        if bad:
+            raise InvalidRequestError(
+                f"logit_bias token id {bad[0]} is outside the vocabulary [0, {vocab})"
+            )
+
     def add_request(
         self,
         prompt: str | Seq[int],
@@ -189,6 +200,7 @@ class LLMEngine:
         if rid in self.outputs.requests:
             raise InvalidRequestError(f"request id {rid!r} is already in flight")
         ids = self.tokenize_prompt(prompt)
+        self.check_params(params)
         eos = tuple(self.tokenizer.eos_token_ids)
         seqs = [
             Sequence(
@@ -203,6 +215,9 @@ class LLMEngine:
             )
             for i in range(params.n)
         ]
+        if params.structured_outputs is not None:
+            for seq in seqs:  # compiled already when AsyncEngine added it (off this thread)
+                seq.grammar = self.grammars.matcher(params.structured_outputs)
         self.scheduler.add(seqs)
         detoks = [
             IncrementalDetokenizer(self.tokenizer, ids, params.stop, params.skip_special_tokens)

@@ -10,6 +10,7 @@ from engine.api import TokenLogprob
 from engine.backends import Backend, BatchInputs
 from engine.sampler import Sampler, SamplingBatch
 from engine.scheduler import RunnerOutput, SampledToken, ScheduledSequence, SchedulerOutput
+from engine.structured_output import fill_bitmask
 
 
 def build_batch_inputs(scheduled: list[ScheduledSequence], block_size: int) -> BatchInputs:
@@ -69,6 +70,10 @@ class ModelRunner:
             output_token_ids=[s.output_token_ids for s in seqs],
             suppressed_token_ids=[s.suppressed_token_ids() for s in seqs],
         )
+        constrained = [i for i, s in enumerate(seqs) if s.grammar is not None]
+        if constrained:  # an unconstrained batch skips this entirely
+            batch.allowed_rows = constrained
+            batch.allowed = fill_bitmask([seqs[i].grammar for i in constrained], logits.shape[-1])
         result = self.sampler.sample(logits, batch)
         sampled = []
         for i, seq in enumerate(seqs):

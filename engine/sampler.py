@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -34,6 +34,10 @@ class SamplingBatch:
     """Generated tokens, for presence/frequency (OpenAI semantics) and repetition penalties."""
     suppressed_token_ids: list[Sequence[int]]
     """Token ids forbidden this step (EOS and stop token ids while below min_tokens)."""
+    allowed_rows: list[int] = field(default_factory=list)
+    """The rows whose tokens a grammar constrains (structured outputs)."""
+    allowed: torch.Tensor | None = None
+    """[len(allowed_rows), vocab] bool: the tokens each constrained row may take."""
 
 
 @dataclass
@@ -62,6 +66,15 @@ def suppress_tokens(logits: torch.Tensor, suppressed: Sequence[Sequence[int]]) -
     if rows:
         cols = [token for ids in suppressed for token in ids]
         logits[rows, cols] = -math.inf
+
+
+def apply_logit_bias(logits: torch.Tensor, params: Sequence[SamplingParams]) -> None:
+    """Add each row's logit_bias to its logits, in place (OpenAI's semantics)."""
+    for row, p in enumerate(params):
+        if p.logit_bias:
+            ids = torch.tensor(list(p.logit_bias), device=logits.device)
+            bias = torch.tensor(list(p.logit_bias.values()), dtype=logits.dtype)
+            logits[row, ids] += bias.to(logits.device)
 
 
 def _flat_token_index(
@@ -205,14 +218,26 @@ class Sampler:
             raw = logits if logprob_rows == all_rows else logits[logprob_rows]
             raw_logprobs = raw.log_softmax(dim=-1)  # vLLM's "raw logprobs": before any penalty
 
-        needs_edit = any(len(ids) for ids in batch.suppressed_token_ids) or any(
-            p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
-            for p in params
+        needs_edit = (
+            any(len(ids) for ids in batch.suppressed_token_ids)
+            or any(
+                p.repetition_penalty != 1.0
+                or p.frequency_penalty != 0.0
+                or p.presence_penalty != 0.0
+                or p.logit_bias
+                for p in params
+            )
+            or batch.allowed is not None
         )
         if needs_edit:
             logits = logits.contiguous().clone()  # edits stay off the caller's tensor
             suppress_tokens(logits, batch.suppressed_token_ids)
             apply_penalties(logits, batch)
+            apply_logit_bias(logits, params)
+            if batch.allowed is not None:  # grammars last: nothing may re-allow a token
+                rows = torch.tensor(batch.allowed_rows, device=logits.device)
+                allowed = batch.allowed.to(logits.device)
+                logits[rows] = logits[rows].masked_fill(~allowed, float("-inf"))
 
         random_rows = [
             i for i, p in enumerate(params) if not (p.greedy or p.temperature < _MIN_TEMPERATURE)

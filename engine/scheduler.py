@@ -203,6 +203,9 @@ class Scheduler:
                 continue  # aborted while the step ran
             seq.append_token(sampled.token_id, sampled.logprob, now)
             reason = seq.check_stop_token()
+            if seq.grammar is not None and not seq.grammar.accept_token(sampled.token_id):
+                # no allowed token was left (e.g. the grammar's end suppressed by min_tokens)
+                reason = reason or FinishReason.STOP
             if reason is not None:
                 self.finish(seq, reason)
             updates.append(SequenceUpdate(seq, [sampled.token_id], reason is not None))

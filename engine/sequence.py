@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -70,6 +71,8 @@ class Sequence:
         self.eos_token_ids = eos_token_ids
         self.max_total_tokens = max_total_tokens  # the model's context length
         self.timings = SequenceTimings()
+        self.grammar: Any = None
+        """The xgrammar matcher of a constrained sequence (engine.structured_output)."""
         self.generator: torch.Generator | None = None
         if params.seed is not None:
             self.generator = torch.Generator().manual_seed(params.seed + index)

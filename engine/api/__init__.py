@@ -33,7 +33,7 @@ from engine.api.outputs import (
     RequestTimings,
     TokenLogprob,
 )
-from engine.api.params import SamplingParams
+from engine.api.params import SamplingParams, StructuredOutputs
 
 __all__ = [
     "REQUEST_ID_METADATA",
@@ -57,6 +57,7 @@ __all__ = [
     "RequestTimings",
     "SamplingParams",
     "SamplingParamsError",
+    "StructuredOutputs",
     "TokenLogprob",
     "engine_request_id",
 ]

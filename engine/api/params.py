@@ -2,9 +2,82 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.api.errors import SamplingParamsError
+
+MAX_LOGIT_BIAS = 100.0
+"""OpenAI's range for logit_bias values: [-100, 100]."""
+
+
+@dataclass(frozen=True)
+class StructuredOutputs:
+    """Constrains a completion token by token to one form (vLLM's ``structured_outputs``):
+    exactly one of a JSON schema, any JSON object, a regex, a choice of strings, an EBNF
+    grammar, or a structural tag (free text with constrained tagged sections: tool calls)."""
+
+    json: str | None = None
+    """A JSON schema, as JSON text."""
+    json_object: bool = False
+    """Any JSON object (OpenAI's ``response_format: json_object``)."""
+    regex: str | None = None
+    choice: tuple[str, ...] | None = None
+    grammar: str | None = None
+    """An EBNF grammar in xgrammar's (GBNF-like) dialect."""
+    structural_tag: str | None = None
+    """An xgrammar structural tag, as JSON text."""
+
+    @classmethod
+    def json_schema(cls, schema: dict[str, Any] | str) -> StructuredOutputs:
+        """A JSON schema given as a dict or as text, kept in a canonical form."""
+        text = schema if isinstance(schema, str) else json.dumps(schema, sort_keys=True)
+        return cls(json=text)
+
+    def kinds(self) -> list[str]:
+        """The forms set (exactly one is valid)."""
+        named = {
+            "json": self.json is not None,
+            "json_object": self.json_object,
+            "regex": self.regex is not None,
+            "choice": self.choice is not None,
+            "grammar": self.grammar is not None,
+            "structural_tag": self.structural_tag is not None,
+        }
+        return [k for k, on in named.items() if on]
+
+    @property
+    def key(self) -> str:
+        """What the compiled grammar is cached by."""
+        (kind,) = self.kinds()
+        value = {
+            "json": self.json,
+            "json_object": "",
+            "regex": self.regex,
+            "choice": json.dumps(self.choice),
+            "grammar": self.grammar,
+            "structural_tag": self.structural_tag,
+        }[kind]
+        return f"{kind}:{value}"
+
+    def validate(self) -> None:
+        """Raise SamplingParamsError unless exactly one well-formed form is set."""
+        kinds = self.kinds()
+        if len(kinds) != 1:
+            raise SamplingParamsError(
+                "structured_outputs must set exactly one of json, json_object, regex, choice, "
+                f"grammar or structural_tag, got {kinds or 'none'}"
+            )
+        if self.choice is not None and (not self.choice or any(not c for c in self.choice)):
+            raise SamplingParamsError("structured_outputs choice must be non-empty strings")
+        for name in ("json", "structural_tag"):
+            text = getattr(self, name)
+            if text is not None:
+                try:
+                    json.loads(text)
+                except ValueError as e:
+                    raise SamplingParamsError(f"structured_outputs {name} is not JSON: {e}") from e
 
 
 @dataclass
@@ -47,6 +120,10 @@ class SamplingParams:
     """Return the sampled token's logprob plus this many top alternatives."""
     skip_special_tokens: bool = True
     """Leave special tokens out of the detokenized text."""
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    """Added to the logits of these token ids before sampling, in [-100, 100] (OpenAI)."""
+    structured_outputs: StructuredOutputs | None = None
+    """Constrain the output to a JSON schema, a regex, a grammar, ... (None: free text)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -89,7 +166,14 @@ class SamplingParams:
             ),
             (all(s for s in self.stop), "stop strings must be non-empty"),
             (all(t >= 0 for t in self.stop_token_ids), "stop_token_ids must be >= 0"),
+            (all(t >= 0 for t in self.logit_bias), "logit_bias token ids must be >= 0"),
+            (
+                all(-MAX_LOGIT_BIAS <= b <= MAX_LOGIT_BIAS for b in self.logit_bias.values()),
+                "logit_bias values must be in [-100, 100]",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise SamplingParamsError(message)
+        if self.structured_outputs is not None:
+            self.structured_outputs.validate()

@@ -12,7 +12,7 @@ from engine.api.outputs import (
     RequestTimings,
     TokenLogprob,
 )
-from engine.api.params import SamplingParams
+from engine.api.params import SamplingParams, StructuredOutputs
 from tessera.engine.v1 import engine_pb2 as pb
 
 _FINISH_TO_PB = {
@@ -49,16 +49,41 @@ def sampling_from_pb(msg: pb.SamplingParams) -> SamplingParams:
     kwargs: dict[str, Any] = {f: getattr(msg, f) for f in _OPTIONAL_FIELDS if msg.HasField(f)}
     kwargs["stop"] = list(msg.stop)
     kwargs["stop_token_ids"] = list(msg.stop_token_ids)
+    kwargs["logit_bias"] = {int(t): float(b) for t, b in msg.logit_bias.items()}
+    if msg.HasField("structured_outputs"):
+        kwargs["structured_outputs"] = structured_from_pb(msg.structured_outputs)
     return SamplingParams(**kwargs)
+
+
+def structured_from_pb(msg: pb.StructuredOutputs) -> StructuredOutputs:
+    """The constraint from the wire (an empty message sets none: refused by validation)."""
+    which = msg.WhichOneof("kind")
+    if which == "choice":
+        return StructuredOutputs(choice=tuple(msg.choice.values))
+    if which is None:
+        return StructuredOutputs()
+    return StructuredOutputs(**{which: getattr(msg, which)})
+
+
+def structured_to_pb(spec: StructuredOutputs) -> pb.StructuredOutputs:
+    """The wire form of a constraint."""
+    if spec.choice is not None:
+        return pb.StructuredOutputs(choice=pb.Choices(values=list(spec.choice)))
+    (kind,) = spec.kinds()
+    return pb.StructuredOutputs(**{kind: getattr(spec, kind)})
 
 
 def sampling_to_pb(params: SamplingParams) -> pb.SamplingParams:
     """The wire form of every field of params (for clients)."""
-    msg = pb.SamplingParams(stop=params.stop, stop_token_ids=params.stop_token_ids)
+    msg = pb.SamplingParams(
+        stop=params.stop, stop_token_ids=params.stop_token_ids, logit_bias=params.logit_bias
+    )
     for f in _OPTIONAL_FIELDS:
         value = getattr(params, f)
         if value is not None:
             setattr(msg, f, value)
+    if params.structured_outputs is not None:
+        msg.structured_outputs.CopyFrom(structured_to_pb(params.structured_outputs))
     return msg
 
 

@@ -24,15 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etessera/engine/v1/engine.proto\x12\x11tessera.engine.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"]\n\nChatPrompt\x12\x30\n\x08messages\x18\x01 \x03(\x0b\x32\x1e.tessera.engine.v1.ChatMessage\x12\x1d\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08\"\xe4\x04\n\x0eSamplingParams\x12\x0e\n\x01n\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x12\n\x05min_p\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x08 \x01(\x02H\x07\x88\x01\x01\x12\x11\n\x04seed\x18\t \x01(\x03H\x08\x88\x01\x01\x12\x17\n\nmax_tokens\x18\n \x01(\rH\t\x88\x01\x01\x12\x17\n\nmin_tokens\x18\x0b \x01(\rH\n\x88\x01\x01\x12\x0c\n\x04stop\x18\x0c \x03(\t\x12\x16\n\x0estop_token_ids\x18\r \x03(\r\x12\x17\n\nignore_eos\x18\x0e \x01(\x08H\x0b\x88\x01\x01\x12\x15\n\x08logprobs\x18\x0f \x01(\rH\x0c\x88\x01\x01\x12 \n\x13skip_special_tokens\x18\x10 \x01(\x08H\r\x88\x01\x01\x42\x04\n\x02_nB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\r\n\x0b_max_tokensB\r\n\x0b_min_tokensB\r\n\x0b_ignore_eosB\x0b\n\t_logprobsB\x16\n\x14_skip_special_tokens\"\x88\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x30\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x1b.tessera.engine.v1.TokenIdsH\x00\x12-\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x1d.tessera.engine.v1.ChatPromptH\x00\x12\x33\n\x08sampling\x18\x05 \x01(\x0b\x32!.tessera.engine.v1.SamplingParams\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\x1f\n\x17return_prompt_token_ids\x18\x07 \x01(\x08\x42\x08\n\x06prompt\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"l\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12*\n\x03top\x18\x04 \x03(\x0b\x32\x1d.tessera.engine.v1.TopLogprob\"\xeb\x01\n\x0f\x43ompletionDelta\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x31\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1f.tessera.engine.v1.TokenLogprob\x12\x36\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x1f.tessera.engine.v1.FinishReason\x12\x15\n\x0bstop_string\x18\x06 \x01(\tH\x00\x12\x17\n\rstop_token_id\x18\x07 \x01(\rH\x00\x42\r\n\x0bstop_reason\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"w\n\x07Timings\x12\x13\n\x06queued\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0b\x66irst_token\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\x08\x66inished\x18\x03 \x01(\x01H\x02\x88\x01\x01\x42\t\n\x07_queuedB\x0e\n\x0c_first_tokenB\x0b\n\t_finished\"\xdc\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x06\x64\x65ltas\x18\x02 \x03(\x0b\x32\".tessera.engine.v1.CompletionDelta\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\'\n\x05usage\x18\x04 \x01(\x0b\x32\x18.tessera.engine.v1.Usage\x12+\n\x07timings\x18\x05 \x01(\x0b\x32\x1a.tessera.engine.v1.Timings\x12\x18\n\x10prompt_token_ids\x18\x06 \x03(\r\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\" \n\rAbortResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x01(\x08\"\r\n\x0bInfoRequest\"\x80\x01\n\nEngineLoad\x12\x13\n\x0bnum_running\x18\x01 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x02 \x01(\r\x12\x10\n\x08kv_usage\x18\x03 \x01(\x02\x12\x17\n\x0fnum_free_blocks\x18\x04 \x01(\r\x12\x1d\n\x15waiting_capacity_left\x18\x05 \x01(\r\"\xe8\x02\n\x0cInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0cmodel_source\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x14\n\x0cquantization\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x15\n\rmax_model_len\x18\x07 \x01(\r\x12\x15\n\rnum_kv_blocks\x18\x08 \x01(\r\x12\x12\n\nblock_size\x18\t \x01(\r\x12\x14\n\x0cmax_num_seqs\x18\n \x01(\r\x12\x1e\n\x16max_num_batched_tokens\x18\x0b \x01(\r\x12\x13\n\x0bmax_waiting\x18\x0c \x01(\r\x12+\n\x04load\x18\r \x01(\x0b\x32\x1d.tessera.engine.v1.EngineLoad\x12\x11\n\taccepting\x18\x0e \x01(\x08\x12\x0f\n\x07version\x18\x0f \x01(\t\x12\x0f\n\x07\x63reated\x18\x10 \x01(\x03*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x32\xfb\x01\n\rEngineService\x12U\n\x08Generate\x12\".tessera.engine.v1.GenerateRequest\x1a#.tessera.engine.v1.GenerateResponse0\x01\x12J\n\x05\x41\x62ort\x12\x1f.tessera.engine.v1.AbortRequest\x1a .tessera.engine.v1.AbortResponse\x12G\n\x04Info\x12\x1e.tessera.engine.v1.InfoRequest\x1a\x1f.tessera.engine.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etessera/engine/v1/engine.proto\x12\x11tessera.engine.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"]\n\nChatPrompt\x12\x30\n\x08messages\x18\x01 \x03(\x0b\x32\x1e.tessera.engine.v1.ChatMessage\x12\x1d\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08\"\x9e\x06\n\x0eSamplingParams\x12\x0e\n\x01n\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x12\n\x05min_p\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x08 \x01(\x02H\x07\x88\x01\x01\x12\x11\n\x04seed\x18\t \x01(\x03H\x08\x88\x01\x01\x12\x17\n\nmax_tokens\x18\n \x01(\rH\t\x88\x01\x01\x12\x17\n\nmin_tokens\x18\x0b \x01(\rH\n\x88\x01\x01\x12\x0c\n\x04stop\x18\x0c \x03(\t\x12\x16\n\x0estop_token_ids\x18\r \x03(\r\x12\x17\n\nignore_eos\x18\x0e \x01(\x08H\x0b\x88\x01\x01\x12\x15\n\x08logprobs\x18\x0f \x01(\rH\x0c\x88\x01\x01\x12 \n\x13skip_special_tokens\x18\x10 \x01(\x08H\r\x88\x01\x01\x12\x44\n\nlogit_bias\x18\x11 \x03(\x0b\x32\x30.tessera.engine.v1.SamplingParams.LogitBiasEntry\x12@\n\x12structured_outputs\x18\x12 \x01(\x0b\x32$.tessera.engine.v1.StructuredOutputs\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x04\n\x02_nB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\r\n\x0b_max_tokensB\r\n\x0b_min_tokensB\r\n\x0b_ignore_eosB\x0b\n\t_logprobsB\x16\n\x14_skip_special_tokens\"\xae\x01\n\x11StructuredOutputs\x12\x0e\n\x04json\x18\x01 \x01(\tH\x00\x12\x15\n\x0bjson_object\x18\x02 \x01(\x08H\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x12,\n\x06\x63hoice\x18\x04 \x01(\x0b\x32\x1a.tessera.engine.v1.ChoicesH\x00\x12\x11\n\x07grammar\x18\x05 \x01(\tH\x00\x12\x18\n\x0estructural_tag\x18\x06 \x01(\tH\x00\x42\x06\n\x04kind\"\x19\n\x07\x43hoices\x12\x0e\n\x06values\x18\x01 \x03(\t\"\x88\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x30\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x1b.tessera.engine.v1.TokenIdsH\x00\x12-\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x1d.tessera.engine.v1.ChatPromptH\x00\x12\x33\n\x08sampling\x18\x05 \x01(\x0b\x32!.tessera.engine.v1.SamplingParams\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\x1f\n\x17return_prompt_token_ids\x18\x07 \x01(\x08\x42\x08\n\x06prompt\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"l\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12*\n\x03top\x18\x04 \x03(\x0b\x32\x1d.tessera.engine.v1.TopLogprob\"\xeb\x01\n\x0f\x43ompletionDelta\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x31\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1f.tessera.engine.v1.TokenLogprob\x12\x36\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x1f.tessera.engine.v1.FinishReason\x12\x15\n\x0bstop_string\x18\x06 \x01(\tH\x00\x12\x17\n\rstop_token_id\x18\x07 \x01(\rH\x00\x42\r\n\x0bstop_reason\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"w\n\x07Timings\x12\x13\n\x06queued\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0b\x66irst_token\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\x08\x66inished\x18\x03 \x01(\x01H\x02\x88\x01\x01\x42\t\n\x07_queuedB\x0e\n\x0c_first_tokenB\x0b\n\t_finished\"\xdc\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x06\x64\x65ltas\x18\x02 \x03(\x0b\x32\".tessera.engine.v1.CompletionDelta\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\'\n\x05usage\x18\x04 \x01(\x0b\x32\x18.tessera.engine.v1.Usage\x12+\n\x07timings\x18\x05 \x01(\x0b\x32\x1a.tessera.engine.v1.Timings\x12\x18\n\x10prompt_token_ids\x18\x06 \x03(\r\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\" \n\rAbortResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x01(\x08\"\r\n\x0bInfoRequest\"\x80\x01\n\nEngineLoad\x12\x13\n\x0bnum_running\x18\x01 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x02 \x01(\r\x12\x10\n\x08kv_usage\x18\x03 \x01(\x02\x12\x17\n\x0fnum_free_blocks\x18\x04 \x01(\r\x12\x1d\n\x15waiting_capacity_left\x18\x05 \x01(\r\"\xe8\x02\n\x0cInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0cmodel_source\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x14\n\x0cquantization\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x15\n\rmax_model_len\x18\x07 \x01(\r\x12\x15\n\rnum_kv_blocks\x18\x08 \x01(\r\x12\x12\n\nblock_size\x18\t \x01(\r\x12\x14\n\x0cmax_num_seqs\x18\n \x01(\r\x12\x1e\n\x16max_num_batched_tokens\x18\x0b \x01(\r\x12\x13\n\x0bmax_waiting\x18\x0c \x01(\r\x12+\n\x04load\x18\r \x01(\x0b\x32\x1d.tessera.engine.v1.EngineLoad\x12\x11\n\taccepting\x18\x0e \x01(\x08\x12\x0f\n\x07version\x18\x0f \x01(\t\x12\x0f\n\x07\x63reated\x18\x10 \x01(\x03*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x32\xfb\x01\n\rEngineService\x12U\n\x08Generate\x12\".tessera.engine.v1.GenerateRequest\x1a#.tessera.engine.v1.GenerateResponse0\x01\x12J\n\x05\x41\x62ort\x12\x1f.tessera.engine.v1.AbortRequest\x1a .tessera.engine.v1.AbortResponse\x12G\n\x04Info\x12\x1e.tessera.engine.v1.InfoRequest\x1a\x1f.tessera.engine.v1.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tessera.engine.v1.engine_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=2518
-  _globals['_FINISHREASON']._serialized_end=2638
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
+  _globals['_FINISHREASON']._serialized_start=2908
+  _globals['_FINISHREASON']._serialized_end=3028
   _globals['_TOKENIDS']._serialized_start=53
   _globals['_TOKENIDS']._serialized_end=76
   _globals['_CHATMESSAGE']._serialized_start=78
@@ -40,31 +42,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATPROMPT']._serialized_start=124
   _globals['_CHATPROMPT']._serialized_end=217
   _globals['_SAMPLINGPARAMS']._serialized_start=220
-  _globals['_SAMPLINGPARAMS']._serialized_end=832
-  _globals['_GENERATEREQUEST']._serialized_start=835
-  _globals['_GENERATEREQUEST']._serialized_end=1099
-  _globals['_TOPLOGPROB']._serialized_start=1101
-  _globals['_TOPLOGPROB']._serialized_end=1163
-  _globals['_TOKENLOGPROB']._serialized_start=1165
-  _globals['_TOKENLOGPROB']._serialized_end=1273
-  _globals['_COMPLETIONDELTA']._serialized_start=1276
-  _globals['_COMPLETIONDELTA']._serialized_end=1511
-  _globals['_USAGE']._serialized_start=1513
-  _globals['_USAGE']._serialized_end=1593
-  _globals['_TIMINGS']._serialized_start=1595
-  _globals['_TIMINGS']._serialized_end=1714
-  _globals['_GENERATERESPONSE']._serialized_start=1717
-  _globals['_GENERATERESPONSE']._serialized_end=1937
-  _globals['_ABORTREQUEST']._serialized_start=1939
-  _globals['_ABORTREQUEST']._serialized_end=1973
-  _globals['_ABORTRESPONSE']._serialized_start=1975
-  _globals['_ABORTRESPONSE']._serialized_end=2007
-  _globals['_INFOREQUEST']._serialized_start=2009
-  _globals['_INFOREQUEST']._serialized_end=2022
-  _globals['_ENGINELOAD']._serialized_start=2025
-  _globals['_ENGINELOAD']._serialized_end=2153
-  _globals['_INFORESPONSE']._serialized_start=2156
-  _globals['_INFORESPONSE']._serialized_end=2516
-  _globals['_ENGINESERVICE']._serialized_start=2641
-  _globals['_ENGINESERVICE']._serialized_end=2892
+  _globals['_SAMPLINGPARAMS']._serialized_end=1018
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=761
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=809
+  _globals['_STRUCTUREDOUTPUTS']._serialized_start=1021
+  _globals['_STRUCTUREDOUTPUTS']._serialized_end=1195
+  _globals['_CHOICES']._serialized_start=1197
+  _globals['_CHOICES']._serialized_end=1222
+  _globals['_GENERATEREQUEST']._serialized_start=1225
+  _globals['_GENERATEREQUEST']._serialized_end=1489
+  _globals['_TOPLOGPROB']._serialized_start=1491
+  _globals['_TOPLOGPROB']._serialized_end=1553
+  _globals['_TOKENLOGPROB']._serialized_start=1555
+  _globals['_TOKENLOGPROB']._serialized_end=1663
+  _globals['_COMPLETIONDELTA']._serialized_start=1666
+  _globals['_COMPLETIONDELTA']._serialized_end=1901
+  _globals['_USAGE']._serialized_start=1903
+  _globals['_USAGE']._serialized_end=1983
+  _globals['_TIMINGS']._serialized_start=1985
+  _globals['_TIMINGS']._serialized_end=2104
+  _globals['_GENERATERESPONSE']._serialized_start=2107
+  _globals['_GENERATERESPONSE']._serialized_end=2327
+  _globals['_ABORTREQUEST']._serialized_start=2329
+  _globals['_ABORTREQUEST']._serialized_end=2363
+  _globals['_ABORTRESPONSE']._serialized_start=2365
+  _globals['_ABORTRESPONSE']._serialized_end=2397
+  _globals['_INFOREQUEST']._serialized_start=2399
+  _globals['_INFOREQUEST']._serialized_end=2412
+  _globals['_ENGINELOAD']._serialized_start=2415
+  _globals['_ENGINELOAD']._serialized_end=2543
+  _globals['_INFORESPONSE']._serialized_start=2546
+  _globals['_INFORESPONSE']._serialized_end=2906
+  _globals['_ENGINESERVICE']._serialized_start=3031
+  _globals['_ENGINESERVICE']._serialized_end=3282
 # @@protoc_insertion_point(module_scope)
