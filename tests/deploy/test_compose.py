@@ -76,8 +76,20 @@ def tessera_services() -> dict[str, Any]:
     return {
         name: parse_command(s["command"])
         for name, s in config()["services"].items()
-        if s.get("build", {}).get("dockerfile") == "deploy/docker/Dockerfile.cpu"
+        if s.get("build", {}).get("dockerfile", "").startswith("deploy/docker/Dockerfile.")
     }
+
+
+def test_gateway_runs_the_slim_image_engine_and_rag_the_cpu_image() -> None:
+    services = config()["services"]
+    built = {name: services[name]["build"]["dockerfile"] for name in tessera_services()}
+    assert built == {
+        "engine": "deploy/docker/Dockerfile.cpu",
+        "rag": "deploy/docker/Dockerfile.cpu",
+        "gateway": "deploy/docker/Dockerfile.gateway",
+    }
+    assert services["gateway"]["image"] == "tessera-gateway:0.1.0"
+    assert services["engine"]["image"] == services["rag"]["image"] == "tessera:0.1.0-cpu"
 
 
 def test_tessera_commands_are_real_and_health_checks_hit_real_routes() -> None:

@@ -150,6 +150,7 @@ def test_every_value_is_documented_and_the_schema_refuses_unknown_keys() -> None
         ({"redis": {"enabled": False}}, "externalUrl"),
         ({"logging": {"format": "xml"}}, "format"),
         ({"gateway": {"policy": "random"}}, "policy"),
+        ({"image": {"gateway": {"repository": ""}}}, "repository"),
     ],
 )
 def test_schema_refuses_bad_values(bad: dict[str, Any], why: str) -> None:
@@ -191,9 +192,30 @@ def test_gpu_engines_get_the_gpu_image_a_gpu_gpu_nodes_and_the_nvidia_runtime() 
         "tolerations"
     ]
     assert svc.config.backend.device == "cuda"  # type: ignore[attr-defined]
-    for command in ("gateway", "rag"):
-        _, other, _ = stack("gpu").workload_of(command)
-        assert other["image"].endswith("-cpu"), f"{command} needs no GPU"
+    _, rag, _ = stack("gpu").workload_of("rag")
+    assert rag["image"] == "tessera:0.1.0-cpu", "RAG needs no GPU"
+    _, gateway, _ = stack("gpu").workload_of("gateway")
+    assert gateway["image"] == "tessera-gateway:0.1.0"
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_gateway_runs_the_slim_gateway_image(value_set: str) -> None:
+    _, c, _ = stack(value_set).workload_of("gateway")
+    assert c["image"] == "tessera-gateway:0.1.0"
+    assert all(
+        other["image"] != c["image"]
+        for _, other, svc in stack(value_set).tessera_containers()
+        if svc.command != "gateway"
+    ), "engines and RAG need the full image"
+
+
+def test_gateway_image_is_its_own_value() -> None:
+    chart = helm_python.Chart.load(str(CHART))
+    custom = {"image": {"gateway": {"repository": "registry.example/gw", "tag": "1.2.3"}}}
+    out = chart.render(custom, name=RELEASE, namespace=NAMESPACE)
+    docs = Stack([d for k, v in out.items() if k.endswith(".yaml") for d in load_docs(v)])
+    assert docs.workload_of("gateway")[1]["image"] == "registry.example/gw:1.2.3"
+    assert docs.workload_of("engine")[1]["image"] == "tessera:0.1.0-cpu"
 
 
 def test_keda_replaces_the_engine_hpa_with_a_scaled_object_on_prometheus() -> None:

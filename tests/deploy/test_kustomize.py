@@ -75,6 +75,13 @@ def test_cpu_overlay_pins_cpu_engines_with_a_fixed_kv_pool() -> None:
     assert engine.config.cache.kv_cache_memory == "2GiB"  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_gateway_runs_the_slim_gateway_image_and_rag_the_full_one(target: str) -> None:
+    stack = Stack(load_docs(build(target)))
+    assert stack.workload_of("gateway")[1]["image"] == "tessera-gateway:0.1.0"
+    assert stack.workload_of("rag")[1]["image"] == "tessera:0.1.0-cpu"
+
+
 def test_gpu_overlay_puts_engines_on_gpus_and_only_engines() -> None:
     stack = Stack(load_docs(build("overlays/gpu")))
     w, c, engine = stack.workload_of("engine")
@@ -87,7 +94,7 @@ def test_gpu_overlay_puts_engines_on_gpus_and_only_engines() -> None:
     assert engine.config.backend.device == "cuda"  # type: ignore[attr-defined]
     for command in ("gateway", "rag"):
         other, oc, _ = stack.workload_of(command)
-        assert oc["image"] == "tessera:0.1.0-cpu"
+        assert not oc["image"].endswith("-gpu"), f"{command} needs no GPU"
         assert "runtimeClassName" not in other["spec"]["template"]["spec"]
     (hpa,) = [
         h

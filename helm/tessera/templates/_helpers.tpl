@@ -39,14 +39,18 @@ app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
-{{/* Image of a component: engines on GPUs take the GPU image. */}}
+{{/* Image of a component: the gateway takes its slim image, engines on GPUs the GPU image. */}}
 {{- define "tessera.image" -}}
 {{- $img := .ctx.Values.image -}}
+{{- if eq .component "gateway" -}}
+{{- printf "%s:%s" $img.gateway.repository (default .ctx.Chart.AppVersion $img.gateway.tag) -}}
+{{- else -}}
 {{- $tag := default (printf "%s-cpu" .ctx.Chart.AppVersion) $img.tag -}}
 {{- if and (eq .component "engine") .ctx.Values.engine.gpu.enabled -}}
 {{- $tag = default (printf "%s-gpu" .ctx.Chart.AppVersion) $img.gpuTag -}}
 {{- end -}}
 {{- printf "%s:%s" $img.repository $tag -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "tessera.serviceAccountName" -}}
