@@ -85,7 +85,10 @@ def from_engine_error(error: Exception) -> APIError | None:
         param = str(error).split(" ", 1)[0]
         return bad_request(str(error), param=param)
     if isinstance(error, InvalidRequestError):
-        return bad_request(str(error))
+        first = str(error).split(" ", 1)[0]
+        return bad_request(
+            str(error), first if first in ("structured_outputs", "logit_bias") else None
+        )
     if isinstance(error, QueueFullError):
         return overloaded(str(error), error.retry_after or 1.0)
     return None

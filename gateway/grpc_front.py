@@ -56,9 +56,27 @@ def _strip_none(value: Any) -> Any:
     return value
 
 
+def _whole_numbers(value: Any) -> Any:
+    """A JSON schema read from a protobuf Struct, its integral numbers ints again (Struct
+    holds every number as a double; a schema's maxLength of 10.0 is not an integer)."""
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _request_dict(msg: Any, stream: bool) -> dict[str, Any]:
     body = json_format.MessageToDict(msg, preserving_proto_field_name=True)
     body.update(body.pop("sampling", {}))
+    schema = body.get("response_format", {}).get("json_schema", {})
+    if "schema" in schema:
+        schema["schema"] = _whole_numbers(schema["schema"])
+    constraint = body.get("structured_outputs", {})
+    if "json" in constraint:
+        constraint["json"] = _whole_numbers(constraint["json"])
     if "text" in body:
         body["prompt"] = body.pop("text")
     elif "token_ids" in body:

@@ -31,8 +31,8 @@ class StructuredOutputs:
 
     @classmethod
     def json_schema(cls, schema: dict[str, Any] | str) -> StructuredOutputs:
-        """A JSON schema given as a dict or as text, kept in a canonical form."""
-        text = schema if isinstance(schema, str) else json.dumps(schema, sort_keys=True)
+        """A JSON schema given as a dict or as text (its property order is the output's)."""
+        text = schema if isinstance(schema, str) else json.dumps(schema)
         return cls(json=text)
 
     def kinds(self) -> list[str]:

@@ -11,7 +11,14 @@ from pydantic import BaseModel, Field, model_validator
 
 from engine.api import ChatPrompt
 from gateway.accounting import RequestContext
-from gateway.api.common import RagOptions, SamplingFields, StrictModel, Usage, now
+from gateway.api.common import (
+    RagOptions,
+    ResponseFormat,
+    SamplingFields,
+    StrictModel,
+    Usage,
+    now,
+)
 from gateway.api.generation import (
     Generation,
     GenerationRequest,
@@ -31,8 +38,6 @@ UNSUPPORTED_CHAT_FIELDS = {
     "functions": "function calling (functions)",
     "function_call": "function calling (function_call)",
     "parallel_tool_calls": "tool calling (parallel_tool_calls)",
-    "response_format": "structured output (response_format)",
-    "logit_bias": "logit_bias",
     "audio": "audio output",
     "modalities": "modalities other than text",
     "prediction": "predicted outputs",
@@ -70,6 +75,9 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     rag: RagOptions | None = Field(None, description="retrieve context from a RAG collection")
+    response_format: ResponseFormat | None = Field(
+        None, description="text, json_object, or json_schema (enforced token by token)"
+    )
 
     @model_validator(mode="after")
     def _merge_limits(self) -> ChatCompletionRequest:
@@ -188,7 +196,8 @@ class ChatHandler:
         if req.messages[-1].role == "assistant":
             raise bad_request("the last message must not be from the assistant", "messages")
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        params = req.sampling_params(self.generation.context_length(req.model), logprobs)
+        max_len = self.generation.context_length(req.model)
+        params = req.sampling_params(max_len, logprobs, req.response_format)
         return GenerationRequest(
             route="chat",
             model=req.model,

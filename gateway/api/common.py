@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from engine.api import SamplingParams, SamplingParamsError
+from engine.api import SamplingParams, SamplingParamsError, StructuredOutputs
 from gateway.errors import bad_request
 
 MAX_N = 16
@@ -26,6 +26,63 @@ class StreamOptions(StrictModel):
     continuous_usage_stats: bool = Field(
         False, description="vLLM extension: every chunk carries the usage so far"
     )
+
+
+class StructuredOutputsField(StrictModel):
+    """vLLM's ``structured_outputs``: exactly one form constrains the generated text."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    json_schema: dict[str, Any] | str | None = Field(
+        None, alias="json", description="a JSON schema the output validates against"
+    )
+    regex: str | None = Field(None, description="a regular expression the output matches")
+    choice: list[str] | None = Field(None, description="the output is one of these strings")
+    grammar: str | None = Field(None, description="an EBNF grammar (xgrammar's dialect)")
+    json_object: bool | None = Field(None, description="any JSON object")
+
+    def to_engine(self) -> StructuredOutputs:
+        if self.json_schema is not None:
+            return StructuredOutputs.json_schema(self.json_schema)
+        return StructuredOutputs(
+            json_object=bool(self.json_object),
+            regex=self.regex,
+            choice=tuple(self.choice) if self.choice is not None else None,
+            grammar=self.grammar,
+        )
+
+
+class JsonSchemaFormat(StrictModel):
+    """OpenAI's ``response_format.json_schema``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(
+        default_factory=dict, alias="schema", description="the JSON schema"
+    )
+    strict: bool | None = Field(None, description="always enforced: decoding is constrained")
+
+
+class ResponseFormat(StrictModel):
+    """OpenAI's ``response_format``: free text, any JSON object, or a JSON schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is given exactly when type is json_schema")
+        return self
+
+    def to_engine(self) -> StructuredOutputs | None:
+        if self.type == "json_object":
+            return StructuredOutputs(json_object=True)
+        if self.json_schema is not None:
+            return StructuredOutputs.json_schema(self.json_schema.schema_)
+        return None
 
 
 class RagOptions(StrictModel):
@@ -56,6 +113,12 @@ class SamplingFields(StrictModel):
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
     min_tokens: int = Field(0, ge=0)
     ignore_eos: bool = False
+    logit_bias: dict[str, float] | None = Field(
+        None, description="token id -> bias in [-100, 100] added to its logit"
+    )
+    structured_outputs: StructuredOutputsField | None = Field(
+        None, description="vLLM extra: constrain the output (json, regex, choice, grammar)"
+    )
 
     def stop_list(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -72,7 +135,32 @@ class SamplingFields(StrictModel):
         body.update(override)
         return body
 
-    def sampling_params(self, max_model_len: int, logprobs: int | None) -> SamplingParams:
+    def token_biases(self) -> dict[int, float]:
+        """logit_bias with integer token ids (OpenAI sends them as strings)."""
+        biases = {}
+        for key, bias in (self.logit_bias or {}).items():
+            if not key.strip().isdigit():
+                raise bad_request(f"logit_bias key {key[:20]!r} is not a token id", "logit_bias")
+            biases[int(key)] = bias
+        return biases
+
+    def constraint(self, response_format: ResponseFormat | None = None) -> StructuredOutputs | None:
+        """What constrains the output: response_format or structured_outputs, not both."""
+        formatted = response_format.to_engine() if response_format is not None else None
+        if formatted is not None and self.structured_outputs is not None:
+            raise bad_request(
+                "give response_format or structured_outputs, not both", "structured_outputs"
+            )
+        if self.structured_outputs is not None:
+            return self.structured_outputs.to_engine()
+        return formatted
+
+    def sampling_params(
+        self,
+        max_model_len: int,
+        logprobs: int | None,
+        response_format: ResponseFormat | None = None,
+    ) -> SamplingParams:
         """Engine params; max_tokens defaults to the rest of the context."""
         max_tokens = self.max_tokens if self.max_tokens is not None else max_model_len
         if max_tokens > max_model_len:
@@ -98,6 +186,8 @@ class SamplingFields(StrictModel):
                 stop=self.stop_list(),
                 ignore_eos=self.ignore_eos,
                 logprobs=logprobs,
+                logit_bias=self.token_biases(),
+                structured_outputs=self.constraint(response_format),
             )
         except SamplingParamsError as e:
             raise bad_request(str(e), str(e).split(" ", 1)[0]) from e

@@ -21,7 +21,6 @@ router = APIRouter()
 
 UNSUPPORTED_COMPLETION_FIELDS = {
     "suffix": "suffix (insertion)",
-    "logit_bias": "logit_bias",
 }
 
 PromptInput = str | list[str] | list[int] | list[list[int]]

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tessera.v1 import common_pb2 as tessera_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tessera/v1/chat.proto\x12\ntessera.v1\x1a\x17tessera/v1/common.proto\"H\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x11\n\x04name\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x07\n\x05_name\">\n\nRagOptions\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x12\n\x05top_k\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_top_k\"\x96\x02\n\x15\x43hatCompletionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12)\n\x08messages\x18\x02 \x03(\x0b\x32\x17.tessera.v1.ChatMessage\x12-\n\x08sampling\x18\x03 \x01(\x0b\x32\x1b.tessera.v1.SamplingOptions\x12\x10\n\x08logprobs\x18\x04 \x01(\x08\x12\x19\n\x0ctop_logprobs\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x31\n\x0estream_options\x18\x06 \x01(\x0b\x32\x19.tessera.v1.StreamOptions\x12#\n\x03rag\x18\x07 \x01(\x0b\x32\x16.tessera.v1.RagOptionsB\x0f\n\r_top_logprobs\";\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05\x62ytes\x18\x03 \x03(\r\"o\n\x10\x43hatTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05\x62ytes\x18\x03 \x03(\r\x12,\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x16.tessera.v1.TopLogprob\"?\n\x0e\x43hoiceLogprobs\x12-\n\x07\x63ontent\x18\x01 \x03(\x0b\x32\x1c.tessera.v1.ChatTokenLogprob\"1\n\x10\x41ssistantMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"N\n\x08\x43itation\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\"\x8f\x01\n\nChatChoice\x12\r\n\x05index\x18\x01 \x01(\r\x12-\n\x07message\x18\x02 \x01(\x0b\x32\x1c.tessera.v1.AssistantMessage\x12,\n\x08logprobs\x18\x03 \x01(\x0b\x32\x1a.tessera.v1.ChoiceLogprobs\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\"\xc0\x01\n\x0e\x43hatCompletion\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\r\n\x05model\x18\x04 \x01(\t\x12\'\n\x07\x63hoices\x18\x05 \x03(\x0b\x32\x16.tessera.v1.ChatChoice\x12 \n\x05usage\x18\x06 \x01(\x0b\x32\x11.tessera.v1.Usage\x12\'\n\tcitations\x18\x07 \x03(\x0b\x32\x14.tessera.v1.Citation\"I\n\tChatDelta\x12\x11\n\x04role\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x14\n\x07\x63ontent\x18\x02 \x01(\tH\x01\x88\x01\x01\x42\x07\n\x05_roleB\n\n\x08_content\"\xa2\x01\n\x0f\x43hatChunkChoice\x12\r\n\x05index\x18\x01 \x01(\r\x12$\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x15.tessera.v1.ChatDelta\x12,\n\x08logprobs\x18\x03 \x01(\x0b\x32\x1a.tessera.v1.ChoiceLogprobs\x12\x1a\n\rfinish_reason\x18\x04 \x01(\tH\x00\x88\x01\x01\x42\x10\n\x0e_finish_reason\"\xca\x01\n\x13\x43hatCompletionChunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\r\n\x05model\x18\x04 \x01(\t\x12,\n\x07\x63hoices\x18\x05 \x03(\x0b\x32\x1b.tessera.v1.ChatChunkChoice\x12 \n\x05usage\x18\x06 \x01(\x0b\x32\x11.tessera.v1.Usage\x12\'\n\tcitations\x18\x07 \x03(\x0b\x32\x14.tessera.v1.Citationb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tessera/v1/chat.proto\x12\ntessera.v1\x1a\x17tessera/v1/common.proto\"H\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x11\n\x04name\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x07\n\x05_name\">\n\nRagOptions\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x12\n\x05top_k\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_top_k\"\xcb\x02\n\x15\x43hatCompletionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12)\n\x08messages\x18\x02 \x03(\x0b\x32\x17.tessera.v1.ChatMessage\x12-\n\x08sampling\x18\x03 \x01(\x0b\x32\x1b.tessera.v1.SamplingOptions\x12\x10\n\x08logprobs\x18\x04 \x01(\x08\x12\x19\n\x0ctop_logprobs\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x31\n\x0estream_options\x18\x06 \x01(\x0b\x32\x19.tessera.v1.StreamOptions\x12#\n\x03rag\x18\x07 \x01(\x0b\x32\x16.tessera.v1.RagOptions\x12\x33\n\x0fresponse_format\x18\x08 \x01(\x0b\x32\x1a.tessera.v1.ResponseFormatB\x0f\n\r_top_logprobs\";\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05\x62ytes\x18\x03 \x03(\r\"o\n\x10\x43hatTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05\x62ytes\x18\x03 \x03(\r\x12,\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x16.tessera.v1.TopLogprob\"?\n\x0e\x43hoiceLogprobs\x12-\n\x07\x63ontent\x18\x01 \x03(\x0b\x32\x1c.tessera.v1.ChatTokenLogprob\"1\n\x10\x41ssistantMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"N\n\x08\x43itation\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\"\x8f\x01\n\nChatChoice\x12\r\n\x05index\x18\x01 \x01(\r\x12-\n\x07message\x18\x02 \x01(\x0b\x32\x1c.tessera.v1.AssistantMessage\x12,\n\x08logprobs\x18\x03 \x01(\x0b\x32\x1a.tessera.v1.ChoiceLogprobs\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\"\xc0\x01\n\x0e\x43hatCompletion\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\r\n\x05model\x18\x04 \x01(\t\x12\'\n\x07\x63hoices\x18\x05 \x03(\x0b\x32\x16.tessera.v1.ChatChoice\x12 \n\x05usage\x18\x06 \x01(\x0b\x32\x11.tessera.v1.Usage\x12\'\n\tcitations\x18\x07 \x03(\x0b\x32\x14.tessera.v1.Citation\"I\n\tChatDelta\x12\x11\n\x04role\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x14\n\x07\x63ontent\x18\x02 \x01(\tH\x01\x88\x01\x01\x42\x07\n\x05_roleB\n\n\x08_content\"\xa2\x01\n\x0f\x43hatChunkChoice\x12\r\n\x05index\x18\x01 \x01(\r\x12$\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x15.tessera.v1.ChatDelta\x12,\n\x08logprobs\x18\x03 \x01(\x0b\x32\x1a.tessera.v1.ChoiceLogprobs\x12\x1a\n\rfinish_reason\x18\x04 \x01(\tH\x00\x88\x01\x01\x42\x10\n\x0e_finish_reason\"\xca\x01\n\x13\x43hatCompletionChunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\r\n\x05model\x18\x04 \x01(\t\x12,\n\x07\x63hoices\x18\x05 \x03(\x0b\x32\x1b.tessera.v1.ChatChunkChoice\x12 \n\x05usage\x18\x06 \x01(\x0b\x32\x11.tessera.v1.Usage\x12\'\n\tcitations\x18\x07 \x03(\x0b\x32\x14.tessera.v1.Citationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,25 +37,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RAGOPTIONS']._serialized_start=136
   _globals['_RAGOPTIONS']._serialized_end=198
   _globals['_CHATCOMPLETIONREQUEST']._serialized_start=201
-  _globals['_CHATCOMPLETIONREQUEST']._serialized_end=479
-  _globals['_TOPLOGPROB']._serialized_start=481
-  _globals['_TOPLOGPROB']._serialized_end=540
-  _globals['_CHATTOKENLOGPROB']._serialized_start=542
-  _globals['_CHATTOKENLOGPROB']._serialized_end=653
-  _globals['_CHOICELOGPROBS']._serialized_start=655
-  _globals['_CHOICELOGPROBS']._serialized_end=718
-  _globals['_ASSISTANTMESSAGE']._serialized_start=720
-  _globals['_ASSISTANTMESSAGE']._serialized_end=769
-  _globals['_CITATION']._serialized_start=771
-  _globals['_CITATION']._serialized_end=849
-  _globals['_CHATCHOICE']._serialized_start=852
-  _globals['_CHATCHOICE']._serialized_end=995
-  _globals['_CHATCOMPLETION']._serialized_start=998
-  _globals['_CHATCOMPLETION']._serialized_end=1190
-  _globals['_CHATDELTA']._serialized_start=1192
-  _globals['_CHATDELTA']._serialized_end=1265
-  _globals['_CHATCHUNKCHOICE']._serialized_start=1268
-  _globals['_CHATCHUNKCHOICE']._serialized_end=1430
-  _globals['_CHATCOMPLETIONCHUNK']._serialized_start=1433
-  _globals['_CHATCOMPLETIONCHUNK']._serialized_end=1635
+  _globals['_CHATCOMPLETIONREQUEST']._serialized_end=532
+  _globals['_TOPLOGPROB']._serialized_start=534
+  _globals['_TOPLOGPROB']._serialized_end=593
+  _globals['_CHATTOKENLOGPROB']._serialized_start=595
+  _globals['_CHATTOKENLOGPROB']._serialized_end=706
+  _globals['_CHOICELOGPROBS']._serialized_start=708
+  _globals['_CHOICELOGPROBS']._serialized_end=771
+  _globals['_ASSISTANTMESSAGE']._serialized_start=773
+  _globals['_ASSISTANTMESSAGE']._serialized_end=822
+  _globals['_CITATION']._serialized_start=824
+  _globals['_CITATION']._serialized_end=902
+  _globals['_CHATCHOICE']._serialized_start=905
+  _globals['_CHATCHOICE']._serialized_end=1048
+  _globals['_CHATCOMPLETION']._serialized_start=1051
+  _globals['_CHATCOMPLETION']._serialized_end=1243
+  _globals['_CHATDELTA']._serialized_start=1245
+  _globals['_CHATDELTA']._serialized_end=1318
+  _globals['_CHATCHUNKCHOICE']._serialized_start=1321
+  _globals['_CHATCHUNKCHOICE']._serialized_end=1483
+  _globals['_CHATCOMPLETIONCHUNK']._serialized_start=1486
+  _globals['_CHATCOMPLETIONCHUNK']._serialized_end=1688
 # @@protoc_insertion_point(module_scope)

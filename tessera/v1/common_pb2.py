@@ -22,21 +22,32 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tessera/v1/common.proto\x12\ntessera.v1\"\x8f\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\x12>\n\x15prompt_tokens_details\x18\x04 \x01(\x0b\x32\x1f.tessera.v1.PromptTokensDetails\",\n\x13PromptTokensDetails\x12\x15\n\rcached_tokens\x18\x01 \x01(\r\"&\n\rStreamOptions\x12\x15\n\rinclude_usage\x18\x01 \x01(\x08\"\x8b\x04\n\x0fSamplingOptions\x12\x0e\n\x01n\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x02H\x06\x88\x01\x01\x12\x11\n\x04user\x18\t \x01(\tH\x07\x88\x01\x01\x12\x12\n\x05top_k\x18\n \x01(\x05H\x08\x88\x01\x01\x12\x12\n\x05min_p\x18\x0b \x01(\x02H\t\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x0c \x01(\x02H\n\x88\x01\x01\x12\x17\n\nmin_tokens\x18\r \x01(\rH\x0b\x88\x01\x01\x12\x17\n\nignore_eos\x18\x0e \x01(\x08H\x0c\x88\x01\x01\x42\x04\n\x02_nB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x07\n\x05_userB\x08\n\x06_top_kB\x08\n\x06_min_pB\x15\n\x13_repetition_penaltyB\r\n\x0b_min_tokensB\r\n\x0b_ignore_eosb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tessera/v1/common.proto\x12\ntessera.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x8f\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\x12>\n\x15prompt_tokens_details\x18\x04 \x01(\x0b\x32\x1f.tessera.v1.PromptTokensDetails\",\n\x13PromptTokensDetails\x12\x15\n\rcached_tokens\x18\x01 \x01(\r\"&\n\rStreamOptions\x12\x15\n\rinclude_usage\x18\x01 \x01(\x08\"\xb8\x05\n\x0fSamplingOptions\x12\x0e\n\x01n\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x02H\x06\x88\x01\x01\x12\x11\n\x04user\x18\t \x01(\tH\x07\x88\x01\x01\x12\x12\n\x05top_k\x18\n \x01(\x05H\x08\x88\x01\x01\x12\x12\n\x05min_p\x18\x0b \x01(\x02H\t\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x0c \x01(\x02H\n\x88\x01\x01\x12\x17\n\nmin_tokens\x18\r \x01(\rH\x0b\x88\x01\x01\x12\x17\n\nignore_eos\x18\x0e \x01(\x08H\x0c\x88\x01\x01\x12>\n\nlogit_bias\x18\x0f \x03(\x0b\x32*.tessera.v1.SamplingOptions.LogitBiasEntry\x12\x39\n\x12structured_outputs\x18\x10 \x01(\x0b\x32\x1d.tessera.v1.StructuredOutputs\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x04\n\x02_nB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x07\n\x05_userB\x08\n\x06_top_kB\x08\n\x06_min_pB\x15\n\x13_repetition_penaltyB\r\n\x0b_min_tokensB\r\n\x0b_ignore_eos\"\xb4\x01\n\x11StructuredOutputs\x12%\n\x04json\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\x05regex\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x0e\n\x06\x63hoice\x18\x03 \x03(\t\x12\x14\n\x07grammar\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x18\n\x0bjson_object\x18\x05 \x01(\x08H\x02\x88\x01\x01\x42\x08\n\x06_regexB\n\n\x08_grammarB\x0e\n\x0c_json_object\"Q\n\x0eResponseFormat\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x31\n\x0bjson_schema\x18\x02 \x01(\x0b\x32\x1c.tessera.v1.JsonSchemaFormat\"\x93\x01\n\x10JsonSchemaFormat\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x0b\x64\x65scription\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\'\n\x06schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x06strict\x18\x04 \x01(\x08H\x01\x88\x01\x01\x42\x0e\n\x0c_descriptionB\t\n\x07_strictb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tessera.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_USAGE']._serialized_start=40
-  _globals['_USAGE']._serialized_end=183
-  _globals['_PROMPTTOKENSDETAILS']._serialized_start=185
-  _globals['_PROMPTTOKENSDETAILS']._serialized_end=229
-  _globals['_STREAMOPTIONS']._serialized_start=231
-  _globals['_STREAMOPTIONS']._serialized_end=269
-  _globals['_SAMPLINGOPTIONS']._serialized_start=272
-  _globals['_SAMPLINGOPTIONS']._serialized_end=795
+  _globals['_SAMPLINGOPTIONS_LOGITBIASENTRY']._loaded_options = None
+  _globals['_SAMPLINGOPTIONS_LOGITBIASENTRY']._serialized_options = b'8\001'
+  _globals['_USAGE']._serialized_start=70
+  _globals['_USAGE']._serialized_end=213
+  _globals['_PROMPTTOKENSDETAILS']._serialized_start=215
+  _globals['_PROMPTTOKENSDETAILS']._serialized_end=259
+  _globals['_STREAMOPTIONS']._serialized_start=261
+  _globals['_STREAMOPTIONS']._serialized_end=299
+  _globals['_SAMPLINGOPTIONS']._serialized_start=302
+  _globals['_SAMPLINGOPTIONS']._serialized_end=998
+  _globals['_SAMPLINGOPTIONS_LOGITBIASENTRY']._serialized_start=769
+  _globals['_SAMPLINGOPTIONS_LOGITBIASENTRY']._serialized_end=817
+  _globals['_STRUCTUREDOUTPUTS']._serialized_start=1001
+  _globals['_STRUCTUREDOUTPUTS']._serialized_end=1181
+  _globals['_RESPONSEFORMAT']._serialized_start=1183
+  _globals['_RESPONSEFORMAT']._serialized_end=1264
+  _globals['_JSONSCHEMAFORMAT']._serialized_start=1267
+  _globals['_JSONSCHEMAFORMAT']._serialized_end=1414
 # @@protoc_insertion_point(module_scope)
