@@ -142,13 +142,13 @@ async def test_logit_bias_forces_a_token(gateway: GatewayServer) -> None:
                 }
             },
             "structured_outputs",
-        ),  # noqa: E501
+        ),
         ({"structured_outputs": {"regex": "(open"}}, "structured_outputs"),
         ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs"),
         (
             {"response_format": {"type": "json_object"}, "structured_outputs": {"regex": "a"}},
             "structured_outputs",
-        ),  # noqa: E501
+        ),
         ({"response_format": {"type": "json_schema"}}, "response_format"),
         ({"logit_bias": {"5": 101}}, "logit_bias"),
         ({"logit_bias": {"five": 1}}, "logit_bias"),
