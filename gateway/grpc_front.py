@@ -77,6 +77,10 @@ def _request_dict(msg: Any, stream: bool) -> dict[str, Any]:
     constraint = body.get("structured_outputs", {})
     if "json" in constraint:
         constraint["json"] = _whole_numbers(constraint["json"])
+    for tool in body.get("tools", []):
+        function = tool.get("function", {})
+        if "parameters" in function:
+            function["parameters"] = _whole_numbers(function["parameters"])
     if "text" in body:
         body["prompt"] = body.pop("text")
     elif "token_ids" in body:

@@ -22,40 +22,53 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from tessera.v1 import common_pb2 as tessera_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tessera/v1/chat.proto\x12\ntessera.v1\x1a\x17tessera/v1/common.proto\"H\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x11\n\x04name\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x07\n\x05_name\">\n\nRagOptions\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x12\n\x05top_k\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_top_k\"\xcb\x02\n\x15\x43hatCompletionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12)\n\x08messages\x18\x02 \x03(\x0b\x32\x17.tessera.v1.ChatMessage\x12-\n\x08sampling\x18\x03 \x01(\x0b\x32\x1b.tessera.v1.SamplingOptions\x12\x10\n\x08logprobs\x18\x04 \x01(\x08\x12\x19\n\x0ctop_logprobs\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x31\n\x0estream_options\x18\x06 \x01(\x0b\x32\x19.tessera.v1.StreamOptions\x12#\n\x03rag\x18\x07 \x01(\x0b\x32\x16.tessera.v1.RagOptions\x12\x33\n\x0fresponse_format\x18\x08 \x01(\x0b\x32\x1a.tessera.v1.ResponseFormatB\x0f\n\r_top_logprobs\";\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05\x62ytes\x18\x03 \x03(\r\"o\n\x10\x43hatTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05\x62ytes\x18\x03 \x03(\r\x12,\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x16.tessera.v1.TopLogprob\"?\n\x0e\x43hoiceLogprobs\x12-\n\x07\x63ontent\x18\x01 \x03(\x0b\x32\x1c.tessera.v1.ChatTokenLogprob\"1\n\x10\x41ssistantMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"N\n\x08\x43itation\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\"\x8f\x01\n\nChatChoice\x12\r\n\x05index\x18\x01 \x01(\r\x12-\n\x07message\x18\x02 \x01(\x0b\x32\x1c.tessera.v1.AssistantMessage\x12,\n\x08logprobs\x18\x03 \x01(\x0b\x32\x1a.tessera.v1.ChoiceLogprobs\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\"\xc0\x01\n\x0e\x43hatCompletion\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\r\n\x05model\x18\x04 \x01(\t\x12\'\n\x07\x63hoices\x18\x05 \x03(\x0b\x32\x16.tessera.v1.ChatChoice\x12 \n\x05usage\x18\x06 \x01(\x0b\x32\x11.tessera.v1.Usage\x12\'\n\tcitations\x18\x07 \x03(\x0b\x32\x14.tessera.v1.Citation\"I\n\tChatDelta\x12\x11\n\x04role\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x14\n\x07\x63ontent\x18\x02 \x01(\tH\x01\x88\x01\x01\x42\x07\n\x05_roleB\n\n\x08_content\"\xa2\x01\n\x0f\x43hatChunkChoice\x12\r\n\x05index\x18\x01 \x01(\r\x12$\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x15.tessera.v1.ChatDelta\x12,\n\x08logprobs\x18\x03 \x01(\x0b\x32\x1a.tessera.v1.ChoiceLogprobs\x12\x1a\n\rfinish_reason\x18\x04 \x01(\tH\x00\x88\x01\x01\x42\x10\n\x0e_finish_reason\"\xca\x01\n\x13\x43hatCompletionChunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\r\n\x05model\x18\x04 \x01(\t\x12,\n\x07\x63hoices\x18\x05 \x03(\x0b\x32\x1b.tessera.v1.ChatChunkChoice\x12 \n\x05usage\x18\x06 \x01(\x0b\x32\x11.tessera.v1.Usage\x12\'\n\tcitations\x18\x07 \x03(\x0b\x32\x14.tessera.v1.Citationb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tessera/v1/chat.proto\x12\ntessera.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17tessera/v1/common.proto\"\x9e\x01\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x11\n\x04name\x18\x03 \x01(\tH\x00\x88\x01\x01\x12(\n\ntool_calls\x18\x04 \x03(\x0b\x32\x14.tessera.v1.ToolCall\x12\x19\n\x0ctool_call_id\x18\x05 \x01(\tH\x01\x88\x01\x01\x42\x07\n\x05_nameB\x0f\n\r_tool_call_id\"\x99\x01\n\x12\x46unctionDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x0b\x64\x65scription\x18\x02 \x01(\tH\x00\x88\x01\x01\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x06strict\x18\x04 \x01(\x08H\x01\x88\x01\x01\x42\x0e\n\x0c_descriptionB\t\n\x07_strict\"F\n\x04Tool\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x30\n\x08\x66unction\x18\x02 \x01(\x0b\x32\x1e.tessera.v1.FunctionDefinition\"/\n\x0c\x46unctionCall\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\targuments\x18\x02 \x01(\t\"P\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12*\n\x08\x66unction\x18\x03 \x01(\x0b\x32\x18.tessera.v1.FunctionCall\"U\n\x11\x46unctionCallDelta\x12\x11\n\x04name\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x16\n\targuments\x18\x02 \x01(\tH\x01\x88\x01\x01\x42\x07\n\x05_nameB\x0c\n\n_arguments\"\x83\x01\n\rToolCallDelta\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0f\n\x02id\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x11\n\x04type\x18\x03 \x01(\tH\x01\x88\x01\x01\x12/\n\x08\x66unction\x18\x04 \x01(\x0b\x32\x1d.tessera.v1.FunctionCallDeltaB\x05\n\x03_idB\x07\n\x05_type\">\n\nRagOptions\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x12\n\x05top_k\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_top_k\"\xd3\x03\n\x15\x43hatCompletionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12)\n\x08messages\x18\x02 \x03(\x0b\x32\x17.tessera.v1.ChatMessage\x12-\n\x08sampling\x18\x03 \x01(\x0b\x32\x1b.tessera.v1.SamplingOptions\x12\x10\n\x08logprobs\x18\x04 \x01(\x08\x12\x19\n\x0ctop_logprobs\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x31\n\x0estream_options\x18\x06 \x01(\x0b\x32\x19.tessera.v1.StreamOptions\x12#\n\x03rag\x18\x07 \x01(\x0b\x32\x16.tessera.v1.RagOptions\x12\x33\n\x0fresponse_format\x18\x08 \x01(\x0b\x32\x1a.tessera.v1.ResponseFormat\x12\x1f\n\x05tools\x18\t \x03(\x0b\x32\x10.tessera.v1.Tool\x12+\n\x0btool_choice\x18\n \x01(\x0b\x32\x16.google.protobuf.Value\x12 \n\x13parallel_tool_calls\x18\x0b \x01(\x08H\x01\x88\x01\x01\x42\x0f\n\r_top_logprobsB\x16\n\x14_parallel_tool_calls\";\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05\x62ytes\x18\x03 \x03(\r\"o\n\x10\x43hatTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05\x62ytes\x18\x03 \x03(\r\x12,\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x16.tessera.v1.TopLogprob\"?\n\x0e\x43hoiceLogprobs\x12-\n\x07\x63ontent\x18\x01 \x03(\x0b\x32\x1c.tessera.v1.ChatTokenLogprob\"[\n\x10\x41ssistantMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12(\n\ntool_calls\x18\x03 \x03(\x0b\x32\x14.tessera.v1.ToolCall\"N\n\x08\x43itation\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\"\x8f\x01\n\nChatChoice\x12\r\n\x05index\x18\x01 \x01(\r\x12-\n\x07message\x18\x02 \x01(\x0b\x32\x1c.tessera.v1.AssistantMessage\x12,\n\x08logprobs\x18\x03 \x01(\x0b\x32\x1a.tessera.v1.ChoiceLogprobs\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\"\xc0\x01\n\x0e\x43hatCompletion\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\r\n\x05model\x18\x04 \x01(\t\x12\'\n\x07\x63hoices\x18\x05 \x03(\x0b\x32\x16.tessera.v1.ChatChoice\x12 \n\x05usage\x18\x06 \x01(\x0b\x32\x11.tessera.v1.Usage\x12\'\n\tcitations\x18\x07 \x03(\x0b\x32\x14.tessera.v1.Citation\"x\n\tChatDelta\x12\x11\n\x04role\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x14\n\x07\x63ontent\x18\x02 \x01(\tH\x01\x88\x01\x01\x12-\n\ntool_calls\x18\x03 \x03(\x0b\x32\x19.tessera.v1.ToolCallDeltaB\x07\n\x05_roleB\n\n\x08_content\"\xa2\x01\n\x0f\x43hatChunkChoice\x12\r\n\x05index\x18\x01 \x01(\r\x12$\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x15.tessera.v1.ChatDelta\x12,\n\x08logprobs\x18\x03 \x01(\x0b\x32\x1a.tessera.v1.ChoiceLogprobs\x12\x1a\n\rfinish_reason\x18\x04 \x01(\tH\x00\x88\x01\x01\x42\x10\n\x0e_finish_reason\"\xca\x01\n\x13\x43hatCompletionChunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\r\n\x05model\x18\x04 \x01(\t\x12,\n\x07\x63hoices\x18\x05 \x03(\x0b\x32\x1b.tessera.v1.ChatChunkChoice\x12 \n\x05usage\x18\x06 \x01(\x0b\x32\x11.tessera.v1.Usage\x12\'\n\tcitations\x18\x07 \x03(\x0b\x32\x14.tessera.v1.Citationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tessera.v1.chat_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHATMESSAGE']._serialized_start=62
-  _globals['_CHATMESSAGE']._serialized_end=134
-  _globals['_RAGOPTIONS']._serialized_start=136
-  _globals['_RAGOPTIONS']._serialized_end=198
-  _globals['_CHATCOMPLETIONREQUEST']._serialized_start=201
-  _globals['_CHATCOMPLETIONREQUEST']._serialized_end=532
-  _globals['_TOPLOGPROB']._serialized_start=534
-  _globals['_TOPLOGPROB']._serialized_end=593
-  _globals['_CHATTOKENLOGPROB']._serialized_start=595
-  _globals['_CHATTOKENLOGPROB']._serialized_end=706
-  _globals['_CHOICELOGPROBS']._serialized_start=708
-  _globals['_CHOICELOGPROBS']._serialized_end=771
-  _globals['_ASSISTANTMESSAGE']._serialized_start=773
-  _globals['_ASSISTANTMESSAGE']._serialized_end=822
-  _globals['_CITATION']._serialized_start=824
-  _globals['_CITATION']._serialized_end=902
-  _globals['_CHATCHOICE']._serialized_start=905
-  _globals['_CHATCHOICE']._serialized_end=1048
-  _globals['_CHATCOMPLETION']._serialized_start=1051
-  _globals['_CHATCOMPLETION']._serialized_end=1243
-  _globals['_CHATDELTA']._serialized_start=1245
-  _globals['_CHATDELTA']._serialized_end=1318
-  _globals['_CHATCHUNKCHOICE']._serialized_start=1321
-  _globals['_CHATCHUNKCHOICE']._serialized_end=1483
-  _globals['_CHATCOMPLETIONCHUNK']._serialized_start=1486
-  _globals['_CHATCOMPLETIONCHUNK']._serialized_end=1688
+  _globals['_CHATMESSAGE']._serialized_start=93
+  _globals['_CHATMESSAGE']._serialized_end=251
+  _globals['_FUNCTIONDEFINITION']._serialized_start=254
+  _globals['_FUNCTIONDEFINITION']._serialized_end=407
+  _globals['_TOOL']._serialized_start=409
+  _globals['_TOOL']._serialized_end=479
+  _globals['_FUNCTIONCALL']._serialized_start=481
+  _globals['_FUNCTIONCALL']._serialized_end=528
+  _globals['_TOOLCALL']._serialized_start=530
+  _globals['_TOOLCALL']._serialized_end=610
+  _globals['_FUNCTIONCALLDELTA']._serialized_start=612
+  _globals['_FUNCTIONCALLDELTA']._serialized_end=697
+  _globals['_TOOLCALLDELTA']._serialized_start=700
+  _globals['_TOOLCALLDELTA']._serialized_end=831
+  _globals['_RAGOPTIONS']._serialized_start=833
+  _globals['_RAGOPTIONS']._serialized_end=895
+  _globals['_CHATCOMPLETIONREQUEST']._serialized_start=898
+  _globals['_CHATCOMPLETIONREQUEST']._serialized_end=1365
+  _globals['_TOPLOGPROB']._serialized_start=1367
+  _globals['_TOPLOGPROB']._serialized_end=1426
+  _globals['_CHATTOKENLOGPROB']._serialized_start=1428
+  _globals['_CHATTOKENLOGPROB']._serialized_end=1539
+  _globals['_CHOICELOGPROBS']._serialized_start=1541
+  _globals['_CHOICELOGPROBS']._serialized_end=1604
+  _globals['_ASSISTANTMESSAGE']._serialized_start=1606
+  _globals['_ASSISTANTMESSAGE']._serialized_end=1697
+  _globals['_CITATION']._serialized_start=1699
+  _globals['_CITATION']._serialized_end=1777
+  _globals['_CHATCHOICE']._serialized_start=1780
+  _globals['_CHATCHOICE']._serialized_end=1923
+  _globals['_CHATCOMPLETION']._serialized_start=1926
+  _globals['_CHATCOMPLETION']._serialized_end=2118
+  _globals['_CHATDELTA']._serialized_start=2120
+  _globals['_CHATDELTA']._serialized_end=2240
+  _globals['_CHATCHUNKCHOICE']._serialized_start=2243
+  _globals['_CHATCHUNKCHOICE']._serialized_end=2405
+  _globals['_CHATCOMPLETIONCHUNK']._serialized_start=2408
+  _globals['_CHATCOMPLETIONCHUNK']._serialized_end=2610
 # @@protoc_insertion_point(module_scope)
