@@ -141,6 +141,22 @@ class AsyncEngine:
             prompt.messages, prompt.add_generation_prompt
         )
 
+    def tokenize(self, prompt: str | ChatPrompt, add_special_tokens: bool = True) -> list[int]:
+        """The prompt's token ids; a chat through the model's template (which adds its own
+        special tokens)."""
+        if isinstance(prompt, ChatPrompt):
+            return self.engine.tokenizer.encode(str(self.render(prompt)), add_special_tokens=False)
+        return self.engine.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+
+    def detokenize(self, token_ids: Seq[int]) -> str:
+        """The text of token ids, special tokens included; InvalidRequestError for an id
+        outside the vocabulary."""
+        vocab = self.engine.bundle.config.vocab_size
+        bad = [t for t in token_ids if not 0 <= t < vocab]
+        if bad:
+            raise InvalidRequestError(f"token id {bad[0]} is outside the vocabulary [0, {vocab})")
+        return self.engine.tokenizer.decode(list(token_ids), skip_special_tokens=False)
+
     def token_text(self, token_id: int) -> str:
         """One token's text, special tokens included (logprobs in API responses)."""
         return str(self._piece(token_id))

@@ -4,9 +4,10 @@ adapter, the in-process twin of engine.api.grpc_client.GrpcEngineClient."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from engine.api import (
+    ChatPrompt,
     EngineDeadError,
     EngineInfo,
     EngineUnavailableError,
@@ -61,6 +62,14 @@ class LocalEngineClient:
 
     async def info(self) -> EngineInfo:
         return self.engine.info()
+
+    async def tokenize(
+        self, prompt: str | ChatPrompt, add_special_tokens: bool = True
+    ) -> list[int]:
+        return self.engine.tokenize(prompt, add_special_tokens)
+
+    async def detokenize(self, token_ids: Sequence[int]) -> str:
+        return self.engine.detokenize(token_ids)
 
     async def close(self) -> None:
         return None

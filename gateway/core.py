@@ -21,6 +21,7 @@ from gateway.api.chat import ChatHandler
 from gateway.api.completions import CompletionHandler
 from gateway.api.generation import Generation, Pipeline
 from gateway.api.models import ModelCatalog
+from gateway.api.tokenize import Tokenization
 from gateway.auth import APIKeyStore
 from gateway.caching import Caches
 from gateway.config import GatewayConfig
@@ -95,6 +96,7 @@ class Gateway:
         self.chat = ChatHandler(generation)
         self.completions = CompletionHandler(generation)
         self.catalog = ModelCatalog(self.pool, rag)
+        self.tokenization = Tokenization(self.pool)
 
     # ---- wiring ----------------------------------------------------------------------
     def _redis_client(self) -> Any:

@@ -14,7 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.api import chat, completions, embeddings, models
+from gateway.api import chat, completions, embeddings, models, tokenize
 from gateway.api.chat import UNSUPPORTED_CHAT_FIELDS
 from gateway.api.completions import UNSUPPORTED_COMPLETION_FIELDS
 from gateway.errors import APIError, bad_request
@@ -144,7 +144,8 @@ def create_app(gw: Gateway) -> FastAPI:
             APIError(500, f"internal error (incident {incident})", "server_error")
         )
 
-    for router in (chat.router, completions.router, embeddings.router, models.router):
+    routers = (chat.router, completions.router, embeddings.router, models.router, tokenize.router)
+    for router in routers:
         app.include_router(router)
 
     @app.get("/health", include_in_schema=True)

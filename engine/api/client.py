@@ -116,5 +116,13 @@ class EngineClient(Protocol):
     async def info(self) -> EngineInfo:
         """The engine's model, limits and load."""
 
+    async def tokenize(
+        self, prompt: str | ChatPrompt, add_special_tokens: bool = True
+    ) -> list[int]:
+        """The prompt's token ids (a chat rendered through the model's template first)."""
+
+    async def detokenize(self, token_ids: Sequence[int]) -> str:
+        """The text of token ids, special tokens included."""
+
     async def close(self) -> None:
         """Release connections (not the engine)."""

@@ -85,6 +85,11 @@ class _GrpcStream:
             self._call.cancel()  # the engine aborts the request within a step
 
 
+def _chat(prompt: ChatPrompt) -> pb.ChatPrompt:
+    messages = [pb.ChatMessage(role=m["role"], content=m["content"]) for m in prompt.messages]
+    return pb.ChatPrompt(messages=messages, add_generation_prompt=prompt.add_generation_prompt)
+
+
 def _request(
     prompt: Prompt, params: SamplingParams, request_id: str, priority: int
 ) -> pb.GenerateRequest:
@@ -95,10 +100,7 @@ def _request(
         return_prompt_token_ids=True,
     )
     if isinstance(prompt, ChatPrompt):
-        messages = [pb.ChatMessage(role=m["role"], content=m["content"]) for m in prompt.messages]
-        req.chat.CopyFrom(
-            pb.ChatPrompt(messages=messages, add_generation_prompt=prompt.add_generation_prompt)
-        )
+        req.chat.CopyFrom(_chat(prompt))
     elif isinstance(prompt, str):
         req.text = prompt
     else:
@@ -158,6 +160,27 @@ class GrpcEngineClient:
         except grpc.aio.AioRpcError as e:
             raise_for(e)
         return wire.info_from_pb(reply)
+
+    async def tokenize(
+        self, prompt: str | ChatPrompt, add_special_tokens: bool = True
+    ) -> list[int]:
+        req = pb.TokenizeRequest(add_special_tokens=add_special_tokens)
+        if isinstance(prompt, ChatPrompt):
+            req.chat.CopyFrom(_chat(prompt))
+        else:
+            req.text = prompt
+        try:
+            reply = await self.stub.Tokenize(req, timeout=30)
+        except grpc.aio.AioRpcError as e:
+            raise_for(e)
+        return list(reply.tokens)
+
+    async def detokenize(self, token_ids: Sequence[int]) -> str:
+        try:
+            reply = await self.stub.Detokenize(pb.DetokenizeRequest(tokens=token_ids), timeout=30)
+        except grpc.aio.AioRpcError as e:
+            raise_for(e)
+        return str(reply.text)
 
     async def close(self) -> None:
         await self.channel.close()

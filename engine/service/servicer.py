@@ -91,6 +91,21 @@ class EngineServicer(pb_grpc.EngineServiceServicer):
         aborted = engine is not None and await engine.abort_request(request.request_id)
         return pb.AbortResponse(aborted=aborted)
 
+    async def Tokenize(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        engine = self.host.accepting_engine()
+        which = request.WhichOneof("prompt")
+        if which is None:
+            raise InvalidRequestError("the request has no prompt: set text or chat")
+        prompt = _prompt(request)
+        assert isinstance(prompt, str | ChatPrompt)
+        special = request.add_special_tokens if request.HasField("add_special_tokens") else True
+        tokens = engine.tokenize(prompt, special)
+        return pb.TokenizeResponse(tokens=tokens, max_model_len=engine.info().max_model_len)
+
+    async def Detokenize(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        engine = self.host.accepting_engine()
+        return pb.DetokenizeResponse(text=engine.detokenize(list(request.tokens)))
+
     async def Info(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         engine = self.host.engine
         if engine is None:

@@ -324,3 +324,22 @@ async def test_metrics_move_as_requests_flow(pod: EnginePod, client: GrpcEngineC
     assert moved("tessera_engine_tokens_per_step_count") > 0
     assert moved("tessera_engine_prefix_cache_hits_total") > 0
     assert after["tessera_engine_requests_running"] == 0
+
+
+async def test_tokenize_and_detokenize_over_grpc_match_the_engine(
+    tiny: ModelBundle, client: GrpcEngineClient
+) -> None:
+    from engine.api import ChatPrompt, InvalidRequestError
+
+    tok = tiny.tokenizer
+    ids = await client.tokenize("Hello there")
+    assert ids == tok.encode("Hello there")
+    assert await client.tokenize("Hello there", add_special_tokens=False) == tok.encode(
+        "Hello there", add_special_tokens=False
+    )
+    chat = ChatPrompt([{"role": "user", "content": "Hi"}])
+    rendered = tok.apply_chat_template(chat.messages, True)
+    assert await client.tokenize(chat) == tok.encode(rendered, add_special_tokens=False)
+    assert await client.detokenize(ids) == tok.decode(ids, skip_special_tokens=False)
+    with pytest.raises(InvalidRequestError, match="outside the vocabulary"):
+        await client.detokenize([10**6])

@@ -196,3 +196,40 @@ async def test_grpc_response_format_matches_rest(gateway: GatewayServer) -> None
         temperature=0,
     )
     assert rest.choices[0].message.content == grpc_text
+
+
+async def test_tokenize_gives_ids_that_logit_bias_takes(gateway: GatewayServer) -> None:
+    import httpx
+
+    base = f"http://127.0.0.1:{gateway.port}"
+    async with httpx.AsyncClient(base_url=base) as http:
+        r = await http.post("/tokenize", json={"model": MODEL, "prompt": " blue"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["count"] == len(body["tokens"]) and body["max_model_len"] == 512
+        ids = (
+            await http.post(
+                "/tokenize", json={"model": MODEL, "prompt": " blue", "add_special_tokens": False}
+            )
+        ).json()["tokens"]  # noqa: E501
+        back = await http.post("/detokenize", json={"model": MODEL, "tokens": ids})
+        assert back.json() == {"prompt": " blue"}
+        chat = await http.post(
+            "/tokenize", json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}
+        )
+        assert chat.json()["count"] > len(ids)
+        bad = await http.post("/detokenize", json={"model": MODEL, "tokens": [10**7]})
+        assert bad.status_code == 400 and "vocabulary" in bad.json()["error"]["message"]
+        neither = await http.post("/tokenize", json={"model": MODEL})
+        assert neither.status_code == 400
+        unknown = await http.post("/tokenize", json={"model": "nope", "prompt": "x"})
+        assert unknown.status_code == 404
+    forced = await client(gateway).completions.create(
+        model=MODEL,
+        prompt="My favourite colour is",
+        max_tokens=len(ids),
+        temperature=0,
+        logit_bias={str(t): 100 for t in ids[:1]},
+        extra_body={"ignore_eos": True},
+    )
+    assert forced.choices[0].text.startswith(" blue"[: len(back.json()["prompt"])][:2])

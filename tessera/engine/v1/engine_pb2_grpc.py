@@ -50,6 +50,16 @@ class EngineServiceStub:
                 request_serializer=tessera_dot_engine_dot_v1_dot_engine__pb2.InfoRequest.SerializeToString,
                 response_deserializer=tessera_dot_engine_dot_v1_dot_engine__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.Tokenize = channel.unary_unary(
+                '/tessera.engine.v1.EngineService/Tokenize',
+                request_serializer=tessera_dot_engine_dot_v1_dot_engine__pb2.TokenizeRequest.SerializeToString,
+                response_deserializer=tessera_dot_engine_dot_v1_dot_engine__pb2.TokenizeResponse.FromString,
+                _registered_method=True)
+        self.Detokenize = channel.unary_unary(
+                '/tessera.engine.v1.EngineService/Detokenize',
+                request_serializer=tessera_dot_engine_dot_v1_dot_engine__pb2.DetokenizeRequest.SerializeToString,
+                response_deserializer=tessera_dot_engine_dot_v1_dot_engine__pb2.DetokenizeResponse.FromString,
+                _registered_method=True)
 
 
 class EngineServiceServicer:
@@ -85,6 +95,21 @@ class EngineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tokenize(self, request, context):
+        """A prompt's token ids with the model's tokenizer (and chat template for a chat).
+        Errors: INVALID_ARGUMENT (no prompt, a template the messages break).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Detokenize(self, request, context):
+        """The text of token ids. Errors: INVALID_ARGUMENT (an id outside the vocabulary).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EngineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -102,6 +127,16 @@ def add_EngineServiceServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=tessera_dot_engine_dot_v1_dot_engine__pb2.InfoRequest.FromString,
                     response_serializer=tessera_dot_engine_dot_v1_dot_engine__pb2.InfoResponse.SerializeToString,
+            ),
+            'Tokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tokenize,
+                    request_deserializer=tessera_dot_engine_dot_v1_dot_engine__pb2.TokenizeRequest.FromString,
+                    response_serializer=tessera_dot_engine_dot_v1_dot_engine__pb2.TokenizeResponse.SerializeToString,
+            ),
+            'Detokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Detokenize,
+                    request_deserializer=tessera_dot_engine_dot_v1_dot_engine__pb2.DetokenizeRequest.FromString,
+                    response_serializer=tessera_dot_engine_dot_v1_dot_engine__pb2.DetokenizeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -186,6 +221,60 @@ class EngineService:
             '/tessera.engine.v1.EngineService/Info',
             tessera_dot_engine_dot_v1_dot_engine__pb2.InfoRequest.SerializeToString,
             tessera_dot_engine_dot_v1_dot_engine__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.engine.v1.EngineService/Tokenize',
+            tessera_dot_engine_dot_v1_dot_engine__pb2.TokenizeRequest.SerializeToString,
+            tessera_dot_engine_dot_v1_dot_engine__pb2.TokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Detokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.engine.v1.EngineService/Detokenize',
+            tessera_dot_engine_dot_v1_dot_engine__pb2.DetokenizeRequest.SerializeToString,
+            tessera_dot_engine_dot_v1_dot_engine__pb2.DetokenizeResponse.FromString,
             options,
             channel_credentials,
             insecure,
