@@ -23,7 +23,7 @@ from engine.progress import Progress
 from engine.runner import ModelRunner
 from engine.sampler import Sampler
 from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler, SchedulerLimits, SchedulingPolicy
+from engine.scheduler import Scheduler
 from engine.sequence import Sequence
 from engine.warmup import EngineCapacity, kv_pool_blocks, warm_up
 
@@ -127,14 +127,7 @@ class LLMEngine:
             model_load_seconds=load_seconds,
         )
         self.kv = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
-        limits = SchedulerLimits(
-            max_num_seqs=sched.max_num_seqs,
-            max_num_batched_tokens=sched.max_num_batched_tokens,
-            max_waiting=sched.max_waiting,
-            long_prefill_token_threshold=sched.long_prefill_token_threshold,
-            policy=SchedulingPolicy(sched.policy),
-        )
-        self.scheduler = Scheduler(limits, self.kv)
+        self.scheduler = Scheduler(sched, self.kv)
         sampler = Sampler(torch.Generator().manual_seed(config.model.seed))
         self.runner = ModelRunner(self.backend, cache.block_size, sampler)
         self.outputs = OutputProcessor(self.scheduler)
