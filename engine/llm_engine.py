@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.backend_choice import choose_backend
-from engine.backends import Backend, BackendOptions
+from engine.backends import Backend, BackendTarget
 from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
 from engine.errors import InvalidRequestError, PromptTooLongError
@@ -51,12 +51,6 @@ class StepStats:
     seconds: float
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 class LLMEngine:
     """Continuous-batching engine over a paged KV cache, driven one step at a time."""
 
@@ -72,29 +66,9 @@ class LLMEngine:
         self.max_model_len = min(
             arch.max_position_embeddings, config.model.max_model_len or arch.max_position_embeddings
         )
-        device = resolve_device(config.backend.device)
-        dtype = config.backend.dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if device.startswith("cuda") else "float32"
         cache_dir = config.model.cache_dir or default_cache_dir()
-        choice = choose_backend(
-            config.backend.name,
-            config.backend.quantization,
-            BackendOptions(
-                device=device,
-                dtype=dtype,
-                num_threads=config.backend.num_threads,
-                native_kernels=config.backend.native_kernels,
-                weight_dtype=config.backend.weight_dtype,
-                max_model_len=self.max_model_len,
-                provider=config.backend.onnx_provider,
-                graph_optimization=config.backend.onnx_graph_optimization,
-                int8_scheme=config.backend.int8_scheme,
-                artifact_dir=cache_dir,
-            ),
-            self.bundle,
-            cache_dir,
-        )
+        target = BackendTarget.resolve(config.backend, self.max_model_len, cache_dir)
+        choice = choose_backend(target, self.bundle, cache_dir)
         self.backend: Backend = choice.backend
         if bundle is None:
             # The backend keeps the weights in its own form; the float32 originals (538 MB for
@@ -112,9 +86,9 @@ class LLMEngine:
             backend=choice.name,
             quantization=choice.quantization,
             backend_reason=choice.reason,
-            device=device,
-            dtype=dtype,
-            weight_dtype=dtype if config.backend.weight_dtype == "same" else "bfloat16",
+            device=target.device,
+            dtype=target.dtype,
+            weight_dtype=target.dtype if config.backend.weight_dtype == "same" else "bfloat16",
             num_blocks=num_blocks,
             block_size=cache.block_size,
             kv_cache_bytes=num_blocks * self.backend.kv_bytes_per_block(cache.block_size),

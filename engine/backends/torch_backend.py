@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from engine.backends.base import Backend, BackendOptions, BatchInputs, register_backend
+from engine.backends.base import (
+    Backend,
+    BackendOptions,
+    BackendTarget,
+    BatchInputs,
+    register_backend,
+)
 from engine.kernels import load_cpu_kernels
 from engine.model.attention import AttentionMetadata, PagedAttention, PagedKVCache, PrefillSpan
 from engine.model.llama import LlamaModel
@@ -18,13 +25,38 @@ from engine.model_source import ModelBundle
 TORCH_INT8_FORM = "gguf-blocks-32-int16-activations-v1"
 log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Float32 models up to this size keep a second weight copy on CPU, at twice the weight memory,
+# for faster decode of one to four sequences: the plain weights for the native GEMV beside
+# oneDNN's packed ones (1.6x its speed), or a transposed copy without oneDNN.
+_DECODE_WEIGHT_COPY_MAX_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class TorchOptions(BackendOptions):
+    """The torch backend's options (engine.config.BackendConfig documents each setting)."""
+
+    weight_dtype: str  # same | bfloat16 (bf16 matmul weights, float32 activations; CPU)
+    native_kernels: bool  # the compiled CPU kernels (engine/kernels), where a compiler exists
+    form: str  # the weight form: a changed INT8 form is gated afresh
 
 
 @register_backend("torch")
 class TorchBackend(Backend):
     """Eager LlamaModel with per-layer paged K/V pools."""
 
-    def __init__(self, bundle: ModelBundle, options: BackendOptions) -> None:
+    options: TorchOptions
+
+    @classmethod
+    def options_from(cls, target: BackendTarget) -> TorchOptions:
+        config = target.config
+        return TorchOptions(
+            **BackendOptions.shared(target),
+            weight_dtype=config.weight_dtype,
+            native_kernels=config.native_kernels,
+            form=TORCH_INT8_FORM if target.quantization == "int8" else "float",
+        )
+
+    def __init__(self, bundle: ModelBundle, options: TorchOptions) -> None:
         super().__init__(bundle, options)
         if options.quantization not in ("none", "int8"):
             raise ValueError(f"backend torch has no quantization mode {options.quantization!r}")
@@ -67,9 +99,9 @@ class TorchBackend(Backend):
                 raise ValueError("--weight-dtype bfloat16 is a CPU mode over float32 activations")
             self.model.use_bfloat16_weights()
         elif cpu_float32 and torch.backends.mkldnn.is_available():
-            copy = weight_bytes <= options.cpu_decode_weight_copy_max_bytes
+            copy = weight_bytes <= _DECODE_WEIGHT_COPY_MAX_BYTES
             self.model.use_onednn_weights(kernels if copy else None)
-        elif cpu_float32 and weight_bytes <= options.cpu_decode_weight_copy_max_bytes:
+        elif cpu_float32 and weight_bytes <= _DECODE_WEIGHT_COPY_MAX_BYTES:
             self.model.keep_transposed_weights()
         self.caches: list[PagedKVCache] = []
         self.native_decode = self.native_store = None
