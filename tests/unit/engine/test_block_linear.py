@@ -18,7 +18,7 @@ from engine.backends import BackendTarget, create_backend
 from engine.config import BackendConfig
 from engine.kernels import BLOCK_LINEAR_ISAS, cpu_runs, load_block_linear_variant, load_cpu_kernels
 from engine.model.block_weights import BLOCK, BlockWeight, pack_scales, to_blocks
-from engine.model.llama import Projection
+from engine.model.linear import BlockLinear, Projection
 from engine.model_source import load_model
 
 KERNELS = load_cpu_kernels()
@@ -156,7 +156,9 @@ def test_block_projection_multiplies_by_the_exact_weight() -> None:
     w = q4_1_weight(960, 576)
     proj.weight.data = w.clone()
     x = _activations(32, 576)
-    assert proj.keep_block_copy(KERNELS), "a Q4_1 weight is held exactly"
+    kernel = proj.use_kernel("int8-blocks", KERNELS)
+    assert isinstance(kernel, BlockLinear) and kernel.exact, "a Q4_1 weight is held exactly"
+    assert proj.weight.numel() == 0, "the float weight is freed"
     got = proj(x)
     rel = float((got - F.linear(x, w)).norm() / F.linear(x, w).norm())
     assert rel < 1e-4, rel
