@@ -104,7 +104,7 @@ class LLMEngine:
         self.scheduler = Scheduler(sched, self.kv)
         sampler = Sampler(torch.Generator().manual_seed(config.model.seed))
         self.runner = ModelRunner(self.backend, cache.block_size, sampler)
-        self.outputs = OutputProcessor(self.scheduler)
+        self.outputs = OutputProcessor()
         self._seq_ids = itertools.count()
         self._request_ids = itertools.count()
         self._deadlines: dict[str, float] = {}
@@ -188,13 +188,17 @@ class LLMEngine:
 
     # ---- the loop --------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Schedule, execute, update; then turn the updates into request outputs."""
+        """Schedule, execute, update; finish the sequences whose text hit a stop string; then
+        turn the updates into request outputs."""
         t0 = time.perf_counter()
         expired = self._abort_expired() if self._deadlines else []
         scheduler_output = self.scheduler.schedule()
         runner_output = self.runner.execute(scheduler_output)
         updates = self.scheduler.update(scheduler_output, runner_output)
-        outputs = self.outputs.process(updates)
+        processed = self.outputs.process(updates)
+        for stop in processed.stops:  # stop strings, found in the detokenized text
+            self.scheduler.finish(stop.seq, stop.reason, stop.stop_reason)
+        outputs = self.outputs.request_outputs(processed)
         self.last_step = StepStats(
             scheduler_output.num_batched_tokens,
             len(scheduler_output.scheduled),

@@ -208,10 +208,15 @@ class Scheduler:
         return updates
 
     # ---- endings ---------------------------------------------------------
-    def finish(self, seq: Sequence, reason: FinishReason) -> None:
-        """End a sequence now and return its blocks to the pool."""
+    def finish(
+        self, seq: Sequence, reason: FinishReason, stop_reason: str | int | None = None
+    ) -> None:
+        """End a sequence now and return its blocks to the pool; ``stop_reason`` is the stop
+        string that ended it, when the caller found one."""
         if seq.is_finished:
             return
+        if stop_reason is not None:
+            seq.stop_reason = stop_reason
         if seq in self.running:
             self.running.remove(seq)
         elif seq in self.waiting:
