@@ -18,7 +18,7 @@ import math
 import platform
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,15 @@ import numpy as np
 import torch
 
 from engine.accuracy import CHAT_PROMPTS, GATE_TEXT, GateResult, run_gates
-from engine.backends import Backend, BackendOptions, BatchInputs, create_backend
-from engine.backends.onnx_graph import GRAPH_VERSION, weights_fingerprint
-from engine.backends.torch_backend import TORCH_INT8_FORM
+from engine.backends import (
+    Backend,
+    BackendOptions,
+    BackendTarget,
+    BatchInputs,
+    backend_class,
+    create_backend,
+)
+from engine.backends.onnx_graph import weights_fingerprint
 from engine.kernels import kernel_sources_digest
 from engine.model_source import ModelBundle
 from engine.progress import Progress
@@ -42,7 +48,7 @@ _REFERENCE = ("torch", "none")  # what reduced-precision candidates are gated ag
 SPEED_BATCHES = (1, 32)
 _SPEED_CONTEXT = 64  # tokens already in each sequence's KV while timing a decode step
 _SPEED_STEPS = 5
-_RECORD_VERSION = 2  # a changed record layout or measurement is measured afresh
+_RECORD_VERSION = 3  # a changed record layout or measurement is measured afresh
 
 
 @dataclass(frozen=True)
@@ -101,13 +107,7 @@ def _record_key(bundle: ModelBundle, name: str, options: BackendOptions) -> str:
             _RECORD_VERSION,
             weights_fingerprint(bundle),
             name,
-            options.quantization,
-            options.int8_scheme,
-            options.provider,
-            options.int8_lm_head,
-            options.num_threads,
-            GRAPH_VERSION,  # a changed INT8 form must be gated afresh
-            TORCH_INT8_FORM,
+            options.identity(),  # the backend's options, its weight or graph form among them
             kernel_sources_digest(),  # new kernels are timed afresh
             torch.__version__,
             onnxruntime.__version__,
@@ -115,7 +115,8 @@ def _record_key(bundle: ModelBundle, name: str, options: BackendOptions) -> str:
             cpu_id(),
             GATE_TEXT.read_text(),
             CHAT_PROMPTS.read_text(),
-        ]
+        ],
+        default=str,
     )
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
@@ -192,15 +193,14 @@ class _Records:
             log.warning("could not keep the %s measurement in %s: %s", record.name, self.dir, e)
 
 
-def choose_backend(
-    name: str, quantization: str, options: BackendOptions, bundle: ModelBundle, cache_dir: Path
-) -> BackendChoice:
-    """Create the requested backend, or with ``auto`` the fastest one passing the gates."""
+def choose_backend(target: BackendTarget, bundle: ModelBundle, cache_dir: Path) -> BackendChoice:
+    """Create the requested backend, or with ``auto`` the fastest one passing the gates;
+    verdicts and timings are kept under ``cache_dir``."""
+    name, quantization = target.config.name, target.config.quantization
     if name != "auto":
-        quant = "none" if quantization == "auto" else quantization
-        opts = _with(options, quant)
-        return BackendChoice(create_backend(name, bundle, opts), name, quant, "as requested")
-    candidates = GPU_CANDIDATES if options.device.startswith("cuda") else CPU_CANDIDATES
+        backend = create_backend(name, bundle, target)
+        return BackendChoice(backend, name, target.quantization, "as requested")
+    candidates = GPU_CANDIDATES if target.device.startswith("cuda") else CPU_CANDIDATES
     if quantization != "auto":
         candidates = [c for c in candidates if c[1] == quantization] or [("torch", quantization)]
     records = _Records(cache_dir, bundle)
@@ -208,13 +208,13 @@ def choose_backend(
 
     def backend_for(key: tuple[str, str]) -> Backend:
         if key not in built:
-            built[key] = create_backend(key[0], bundle, _with(options, key[1]))
+            built[key] = create_backend(key[0], bundle, target.with_quantization(key[1]))
         return built[key]
 
     measured: list[Measured] = []
     refused: list[str] = []
     for key in candidates:
-        opts = _with(options, key[1])
+        opts = backend_class(key[0]).options_from(target.with_quantization(key[1]))
         record = records.load(key[0], opts)
         if record is None:
             try:
@@ -262,7 +262,3 @@ def _reason(best: Measured, measured: list[Measured], refused: list[str]) -> str
     else:
         why += "; no INT8 form passes the accuracy gates here"
     return why if not refused else f"{why}; skipped {'; '.join(refused)}"
-
-
-def _with(options: BackendOptions, quantization: str) -> BackendOptions:
-    return replace(options, quantization=quantization)

@@ -19,7 +19,7 @@ from engine.api import (
     SamplingParams,
 )
 from engine.backend_choice import choose_backend
-from engine.backends import Backend, BackendOptions
+from engine.backends import Backend, BackendTarget
 from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
 from engine.kv_cache import KVCacheManager
@@ -29,7 +29,7 @@ from engine.output_processor import OutputProcessor, RequestState
 from engine.progress import Progress
 from engine.runner import ModelRunner
 from engine.sampler import Sampler
-from engine.scheduler import Scheduler, SchedulerLimits, SchedulingPolicy
+from engine.scheduler import Scheduler
 from engine.sequence import Sequence
 from engine.structured_output import GrammarManager
 from engine.warmup import EngineCapacity, kv_pool_blocks, warm_up
@@ -58,12 +58,6 @@ class StepStats:
     seconds: float
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 class LLMEngine:
     """Continuous-batching engine over a paged KV cache, driven one step at a time."""
 
@@ -79,29 +73,9 @@ class LLMEngine:
         self.max_model_len = min(
             arch.max_position_embeddings, config.model.max_model_len or arch.max_position_embeddings
         )
-        device = resolve_device(config.backend.device)
-        dtype = config.backend.dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if device.startswith("cuda") else "float32"
         cache_dir = config.model.cache_dir or default_cache_dir()
-        choice = choose_backend(
-            config.backend.name,
-            config.backend.quantization,
-            BackendOptions(
-                device=device,
-                dtype=dtype,
-                num_threads=config.backend.num_threads,
-                native_kernels=config.backend.native_kernels,
-                weight_dtype=config.backend.weight_dtype,
-                max_model_len=self.max_model_len,
-                provider=config.backend.onnx_provider,
-                graph_optimization=config.backend.onnx_graph_optimization,
-                int8_scheme=config.backend.int8_scheme,
-                artifact_dir=cache_dir,
-            ),
-            self.bundle,
-            cache_dir,
-        )
+        target = BackendTarget.resolve(config.backend, self.max_model_len, cache_dir)
+        choice = choose_backend(target, self.bundle, cache_dir)
         self.backend: Backend = choice.backend
         if bundle is None:
             # The backend keeps the weights in its own form; the float32 originals (538 MB for
@@ -119,9 +93,9 @@ class LLMEngine:
             backend=choice.name,
             quantization=choice.quantization,
             backend_reason=choice.reason,
-            device=device,
-            dtype=dtype,
-            weight_dtype=dtype if config.backend.weight_dtype == "same" else "bfloat16",
+            device=target.device,
+            dtype=target.dtype,
+            weight_dtype=target.dtype if config.backend.weight_dtype == "same" else "bfloat16",
             num_blocks=num_blocks,
             block_size=cache.block_size,
             kv_cache_bytes=num_blocks * self.backend.kv_bytes_per_block(cache.block_size),
@@ -134,17 +108,10 @@ class LLMEngine:
             model_load_seconds=load_seconds,
         )
         self.kv = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
-        limits = SchedulerLimits(
-            max_num_seqs=sched.max_num_seqs,
-            max_num_batched_tokens=sched.max_num_batched_tokens,
-            max_waiting=sched.max_waiting,
-            long_prefill_token_threshold=sched.long_prefill_token_threshold,
-            policy=SchedulingPolicy(sched.policy),
-        )
-        self.scheduler = Scheduler(limits, self.kv)
+        self.scheduler = Scheduler(sched, self.kv)
         sampler = Sampler(torch.Generator().manual_seed(config.model.seed))
         self.runner = ModelRunner(self.backend, cache.block_size, sampler)
-        self.outputs = OutputProcessor(self.scheduler)
+        self.outputs = OutputProcessor()
         self.grammars = GrammarManager(self.tokenizer, self.bundle.config.vocab_size)
         self._seq_ids = itertools.count()
         self._request_ids = itertools.count()
@@ -242,13 +209,17 @@ class LLMEngine:
 
     # ---- the loop --------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Schedule, execute, update; then turn the updates into request outputs."""
+        """Schedule, execute, update; finish the sequences whose text hit a stop string; then
+        turn the updates into request outputs."""
         t0 = time.perf_counter()
         expired = self._abort_expired() if self._deadlines else []
         scheduler_output = self.scheduler.schedule()
         runner_output = self.runner.execute(scheduler_output)
         updates = self.scheduler.update(scheduler_output, runner_output)
-        outputs = self.outputs.process(updates)
+        processed = self.outputs.process(updates)
+        for stop in processed.stops:  # stop strings, found in the detokenized text
+            self.scheduler.finish(stop.seq, stop.reason, stop.stop_reason)
+        outputs = self.outputs.request_outputs(processed)
         self.last_step = StepStats(
             scheduler_output.num_batched_tokens,
             len(scheduler_output.scheduled),

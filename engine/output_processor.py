@@ -1,4 +1,4 @@
-"""Per-request bookkeeping after each step: detokenize, apply stop strings, build outputs."""
+"""Per-request bookkeeping after each step: detokenize, find stop strings, build outputs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from engine.api import CompletionDelta, FinishReason, RequestOutput, RequestTimings
 from engine.detokenizer import IncrementalDetokenizer
-from engine.scheduler import Scheduler, SequenceUpdate
+from engine.scheduler import SequenceUpdate
 from engine.sequence import Sequence
 
 
@@ -25,43 +25,72 @@ class RequestState:
         return all(s.is_finished for s in self.seqs)
 
 
-class OutputProcessor:
-    """Turns sequence updates into request outputs; stop strings end sequences here."""
+@dataclass(frozen=True)
+class SequenceStop:
+    """A sequence whose text reached one of its stop strings: the engine finishes it."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
-        self.scheduler = scheduler
+    seq: Sequence
+    reason: FinishReason
+    stop_reason: str | int | None  # the stop string that matched
+
+
+@dataclass
+class ProcessedStep:
+    """One step's detokenized progress: each changed request's deltas, and the sequences
+    that must stop (applied by the engine before the outputs are built)."""
+
+    deltas: dict[str, list[CompletionDelta]] = field(default_factory=dict)
+    stops: list[SequenceStop] = field(default_factory=list)
+
+
+class OutputProcessor:
+    """Turns sequence updates into request outputs; stop strings found here go back to the
+    engine as data (ProcessedStep.stops), which finishes those sequences."""
+
+    def __init__(self) -> None:
         self.requests: dict[str, RequestState] = {}
 
     def add(self, state: RequestState) -> None:
         state.logprobs_sent = [0] * len(state.seqs)
         self.requests[state.request_id] = state
 
-    def process(self, updates: list[SequenceUpdate]) -> list[RequestOutput]:
-        """One RequestOutput per request that changed this step."""
-        touched: dict[str, list[CompletionDelta]] = {}
+    def process(self, updates: list[SequenceUpdate]) -> ProcessedStep:
+        """Detokenize this step's tokens and find the sequences that hit a stop string."""
+        step = ProcessedStep()
         for upd in updates:
             state = self.requests.get(upd.seq.request_id)
             if state is None:
                 continue
-            touched.setdefault(state.request_id, []).append(self._delta(state, upd))
-        outputs = [self._output(self.requests[rid], deltas) for rid, deltas in touched.items()]
+            delta = self._delta(state, upd, step.stops)
+            step.deltas.setdefault(state.request_id, []).append(delta)
+        return step
+
+    def request_outputs(self, step: ProcessedStep) -> list[RequestOutput]:
+        """One RequestOutput per request that changed in ``step``, once its stops are applied;
+        finished requests are forgotten."""
+        outputs = [self._output(self.requests[rid], deltas) for rid, deltas in step.deltas.items()]
         for out in outputs:
             if out.finished:
                 del self.requests[out.request_id]
         return outputs
 
-    def _delta(self, state: RequestState, upd: SequenceUpdate) -> CompletionDelta:
+    def _delta(
+        self, state: RequestState, upd: SequenceUpdate, stops: list[SequenceStop]
+    ) -> CompletionDelta:
         seq = upd.seq
         detok = state.detokenizers[seq.index]
         # A token that ended the sequence by itself (EOS, a stop token id) stays out of the text.
         ended_by_token = seq.is_finished and seq.finish_reason is FinishReason.STOP
         feed = upd.new_token_ids[:-1] if ended_by_token else upd.new_token_ids
         text = "".join(detok.add_token(t) for t in feed)
-        if detok.stop_reason is not None and not seq.is_finished:
-            seq.stop_reason = detok.stop_reason
-            self.scheduler.finish(seq, FinishReason.STOP)
-        elif seq.is_finished and seq.finish_reason is not None and detok.stop_reason is None:
-            text += detok.finish()
+        finish_reason, stop_reason = None, None
+        if seq.is_finished:
+            finish_reason, stop_reason = seq.finish_reason, seq.stop_reason
+            if seq.finish_reason is not None and detok.stop_reason is None:
+                text += detok.finish()
+        elif detok.stop_reason is not None:
+            finish_reason, stop_reason = FinishReason.STOP, detok.stop_reason
+            stops.append(SequenceStop(seq, finish_reason, stop_reason))
         sent = state.logprobs_sent[seq.index]
         state.logprobs_sent[seq.index] = len(seq.output_logprobs)
         return CompletionDelta(
@@ -69,8 +98,8 @@ class OutputProcessor:
             token_ids=list(upd.new_token_ids),
             text=text,
             logprobs=seq.output_logprobs[sent:],
-            finish_reason=seq.finish_reason if seq.is_finished else None,
-            stop_reason=seq.stop_reason if seq.is_finished else None,
+            finish_reason=finish_reason,
+            stop_reason=stop_reason,
         )
 
     def abort_outputs(self, request_id: str) -> RequestOutput | None:

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from engine.api import FinishReason, QueueFullError, TokenLogprob
+from engine.config import SchedulerConfig
 from engine.kv_cache import KVCacheManager
 from engine.sequence import Sequence, SequenceStatus
 
@@ -18,17 +19,6 @@ class SchedulingPolicy(str, enum.Enum):
 
     FCFS = "fcfs"
     PRIORITY = "priority"  # lower priority value first, then arrival
-
-
-@dataclass(frozen=True)
-class SchedulerLimits:
-    """The knobs the scheduler works under (see engine.config.SchedulerConfig)."""
-
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 512
-    max_waiting: int = 1024
-    long_prefill_token_threshold: int = 0  # 0: a prefill chunk may use the whole budget
-    policy: SchedulingPolicy = SchedulingPolicy.FCFS
 
 
 @dataclass
@@ -91,8 +81,9 @@ class SequenceUpdate:
 class Scheduler:
     """Continuous batching under a token budget, with chunked prefill and preemption."""
 
-    def __init__(self, limits: SchedulerLimits, kv: KVCacheManager) -> None:
-        self.limits = limits
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
+        self.config = config
+        self.policy = SchedulingPolicy(config.policy)
         self.kv = kv
         self.waiting: list[Sequence] = []
         self.running: list[Sequence] = []
@@ -103,9 +94,9 @@ class Scheduler:
     # ---- admission -------------------------------------------------------
     def add(self, seqs: list[Sequence]) -> None:
         """Queue a request's sequences together, or refuse them all at once."""
-        if len(self.waiting) + len(seqs) > self.limits.max_waiting:
+        if len(self.waiting) + len(seqs) > self.config.max_waiting:
             raise QueueFullError(
-                f"waiting queue full ({len(self.waiting)}/{self.limits.max_waiting})"
+                f"waiting queue full ({len(self.waiting)}/{self.config.max_waiting})"
             )
         for seq in seqs:
             self._arrival_order += 1
@@ -113,7 +104,7 @@ class Scheduler:
             self._enqueue(seq)
 
     def _priority(self, seq: Sequence) -> int:
-        return seq.priority if self.limits.policy is SchedulingPolicy.PRIORITY else 0
+        return seq.priority if self.policy is SchedulingPolicy.PRIORITY else 0
 
     def _enqueue(self, seq: Sequence) -> None:
         # Sorted by (priority, arrival): preempted sequences keep their place in line.
@@ -128,7 +119,7 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         """Pick this step's sequences and token counts, allocating their KV slots."""
         out = SchedulerOutput()
-        budget = self.limits.max_num_batched_tokens
+        budget = self.config.max_num_batched_tokens
         now = time.monotonic()
         i = 0
         while i < len(self.running) and budget > 0:
@@ -153,12 +144,12 @@ class Scheduler:
 
     def _chunk(self, remaining: int, budget: int) -> int:
         n = min(remaining, budget)
-        if self.limits.long_prefill_token_threshold > 0:
-            n = min(n, self.limits.long_prefill_token_threshold)
+        if self.config.long_prefill_token_threshold > 0:
+            n = min(n, self.config.long_prefill_token_threshold)
         return n
 
     def _admit(self, out: SchedulerOutput, budget: int, now: float) -> int:
-        while self.waiting and budget > 0 and len(self.running) < self.limits.max_num_seqs:
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
             hits, num_hit = self.kv.get_computed_blocks(seq)
             n = self._chunk(seq.num_tokens - num_hit, budget)
@@ -212,10 +203,15 @@ class Scheduler:
         return updates
 
     # ---- endings ---------------------------------------------------------
-    def finish(self, seq: Sequence, reason: FinishReason) -> None:
-        """End a sequence now and return its blocks to the pool."""
+    def finish(
+        self, seq: Sequence, reason: FinishReason, stop_reason: str | int | None = None
+    ) -> None:
+        """End a sequence now and return its blocks to the pool; ``stop_reason`` is the stop
+        string that ended it, when the caller found one."""
         if seq.is_finished:
             return
+        if stop_reason is not None:
+            seq.stop_reason = stop_reason
         if seq in self.running:
             self.running.remove(seq)
         elif seq in self.waiting:

@@ -93,11 +93,6 @@ class Sequence:
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
 
-    @property
-    def in_prefill(self) -> bool:
-        """True while tokens other than the newest one still lack KV."""
-        return self.num_tokens - self.num_computed_tokens > 1
-
     def append_token(self, token_id: int, logprob: TokenLogprob | None, now: float) -> None:
         """Record one sampled token and its timing."""
         self.output_token_ids.append(token_id)

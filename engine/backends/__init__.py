@@ -6,7 +6,9 @@ from engine.backends.base import (
     BACKENDS,
     Backend,
     BackendOptions,
+    BackendTarget,
     BatchInputs,
+    backend_class,
     create_backend,
     register_backend,
 )
@@ -15,7 +17,9 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "BackendOptions",
+    "BackendTarget",
     "BatchInputs",
+    "backend_class",
     "create_backend",
     "register_backend",
 ]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from engine.config import BackendConfig
 from engine.model_source import ModelBundle
 
 
@@ -32,25 +33,61 @@ class BatchInputs:
 
 
 @dataclass(frozen=True)
-class BackendOptions:
-    """What a backend is asked to run on (see engine.config.BackendConfig)."""
+class BackendTarget:
+    """What the engine asks of a backend: its settings as given, beside what the engine
+    resolved. Each backend reads its own knobs from here, in one place (Backend.options_from).
+    """
 
-    device: str = "cpu"
-    dtype: str = "float32"
-    quantization: str = "none"
-    num_threads: int | None = None
-    max_model_len: int = 2048
-    # Float32 models up to this size keep a second weight copy on CPU, at twice the weight
-    # memory, for faster decode of one to four sequences: the plain weights for the native
-    # GEMV beside oneDNN's packed ones (1.6x its speed), or a transposed copy without oneDNN.
-    cpu_decode_weight_copy_max_bytes: int = 2 * 1024**3
-    weight_dtype: str = "same"  # "bfloat16": matmul weights in bf16, activations float32 (CPU)
-    native_kernels: bool = True  # compiled CPU decode attention, where a compiler exists
-    provider: str = "auto"  # ONNX Runtime execution provider: auto | cpu | cuda | tensorrt
-    graph_optimization: str = "all"  # ONNX Runtime graph optimization level
-    int8_scheme: str = "auto"  # dynamic (CPU) | qdq (static, calibrated) | auto by provider
-    int8_lm_head: bool = True  # ONNX: quantize the vocabulary projection too (measured: README)
-    artifact_dir: Path | None = None  # where built models are cached (default the model cache)
+    config: BackendConfig
+    device: str  # cpu, cuda or cuda:N: config.device with auto resolved
+    dtype: str  # float32, bfloat16 or float16: config.dtype with auto resolved
+    quantization: str  # none or int8: this candidate's (config.quantization may say auto)
+    max_model_len: int  # the context length the engine serves
+    cache_dir: Path  # where converted models and built artifacts are kept
+
+    @classmethod
+    def resolve(cls, config: BackendConfig, max_model_len: int, cache_dir: Path) -> BackendTarget:
+        """Resolve ``auto`` device and dtype here (cuda when visible; bfloat16 on CUDA, else
+        float32); an ``auto`` quantization stays the choice of engine.backend_choice."""
+        device = config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = config.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        quantization = "none" if config.quantization == "auto" else config.quantization
+        return cls(config, device, dtype, quantization, max_model_len, cache_dir)
+
+    def with_quantization(self, quantization: str) -> BackendTarget:
+        """The same target for another candidate mode."""
+        return replace(self, quantization=quantization)
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """What every backend runs with; each backend extends it with its own knobs."""
+
+    device: str
+    dtype: str
+    quantization: str
+    num_threads: int | None  # CPU threads (None: all cores)
+    max_model_len: int
+
+    @staticmethod
+    def shared(target: BackendTarget) -> dict[str, Any]:
+        """The fields every backend's options take from ``target`` as they are."""
+        return {
+            "device": target.device,
+            "dtype": target.dtype,
+            "quantization": target.quantization,
+            "num_threads": target.config.num_threads,
+            "max_model_len": target.max_model_len,
+        }
+
+    def identity(self) -> dict[str, Any]:
+        """The fields a cached gate verdict and speed depend on: all but the context length,
+        which only sizes position tables."""
+        return {k: v for k, v in asdict(self).items() if k != "max_model_len"}
 
 
 class Backend(ABC):
@@ -63,6 +100,12 @@ class Backend(ABC):
         self.options = options
         self.block_size = 16
         self.num_blocks = 0
+
+    @classmethod
+    @abstractmethod
+    def options_from(cls, target: BackendTarget) -> BackendOptions:
+        """This backend's options, built from the engine's settings (the one place it reads
+        them); pure and cheap, so cached verdicts are found without building the backend."""
 
     def activate(self) -> None:  # noqa: B027 - a hook: most backends have no such setting
         """Re-apply the process-wide settings this backend runs with (torch's thread count),
@@ -99,8 +142,14 @@ def register_backend(name: str) -> Callable[[type[Backend]], type[Backend]]:
     return wrap
 
 
-def create_backend(name: str, bundle: ModelBundle, options: BackendOptions) -> Backend:
-    """Instantiate a registered backend, or fail naming the ones that exist."""
+def backend_class(name: str) -> type[Backend]:
+    """The registered backend ``name``, or an error naming the ones that exist."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; available: {', '.join(sorted(BACKENDS))}")
-    return BACKENDS[name](bundle, options)
+    return BACKENDS[name]
+
+
+def create_backend(name: str, bundle: ModelBundle, target: BackendTarget) -> Backend:
+    """Instantiate a registered backend with the options it builds from ``target``."""
+    cls = backend_class(name)
+    return cls(bundle, cls.options_from(target))

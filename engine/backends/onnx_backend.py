@@ -10,18 +10,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from engine.backends.base import Backend, BackendOptions, BatchInputs, register_backend
-from engine.backends.onnx_graph import GraphOptions, build_model_file
+from engine.backends.base import (
+    Backend,
+    BackendOptions,
+    BackendTarget,
+    BatchInputs,
+    register_backend,
+)
+from engine.backends.onnx_graph import GRAPH_VERSION, GraphOptions, build_model_file
 from engine.cpu_features import cpu_id
 from engine.model.attention import kv_pool_tensor
 from engine.model_source import ModelBundle
-from engine.model_source.cache import default_cache_dir
 from engine.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -57,13 +63,44 @@ def _require_provider(provider: str) -> str:
     return ep
 
 
+@dataclass(frozen=True)
+class OnnxOptions(BackendOptions):
+    """The ONNX backends' options (engine.config.BackendConfig documents each setting)."""
+
+    provider: str  # cpu | cuda | tensorrt (auto resolved by device)
+    graph_optimization: str  # disable | basic | extended | all
+    int8_scheme: str  # dynamic (CPU) | qdq (static, calibrated; auto on TensorRT)
+    artifact_dir: Path  # where built models are cached
+    form: str  # the step graph's version: a changed graph is built and gated afresh
+    int8_lm_head: bool = True  # quantize the vocabulary projection too (measured: README)
+
+
 @register_backend("onnx")
 class OnnxBackend(Backend):
     """The step graph under ONNX Runtime; INT8 = dynamic on CPU, static QDQ for TensorRT."""
 
     forced_provider: str | None = None
+    options: OnnxOptions
 
-    def __init__(self, bundle: ModelBundle, options: BackendOptions) -> None:
+    @classmethod
+    def options_from(cls, target: BackendTarget) -> OnnxOptions:
+        config = target.config
+        provider = cls.forced_provider or config.onnx_provider
+        if provider == "auto":
+            provider = "cuda" if target.device.startswith("cuda") else "cpu"
+        scheme = config.int8_scheme
+        if scheme == "auto":
+            scheme = "qdq" if provider == "tensorrt" else "dynamic"
+        return OnnxOptions(
+            **BackendOptions.shared(target),
+            provider=provider,
+            graph_optimization=config.onnx_graph_optimization,
+            int8_scheme=scheme,
+            artifact_dir=target.cache_dir,
+            form=f"step-graph-v{GRAPH_VERSION}",
+        )
+
+    def __init__(self, bundle: ModelBundle, options: OnnxOptions) -> None:
         super().__init__(bundle, options)
         import onnxruntime as ort
 
@@ -78,26 +115,20 @@ class OnnxBackend(Backend):
             )
         if options.graph_optimization not in _OPT_LEVELS:
             raise ValueError(f"graph optimization must be one of {_OPT_LEVELS}")
-        provider = self.forced_provider or options.provider
-        if provider == "auto":
-            provider = "cuda" if options.device.startswith("cuda") else "cpu"
+        provider = self.provider = options.provider
         ep = _require_provider(provider)
-        self.provider = provider
-        scheme = options.int8_scheme
-        if scheme == "auto":
-            scheme = "qdq" if provider == "tensorrt" else "dynamic"
-        self.int8_scheme = scheme if options.quantization == "int8" else "none"
+        int8 = options.quantization == "int8"
+        self.int8_scheme = options.int8_scheme if int8 else "none"
         graph = GraphOptions(
             quantization=options.quantization,
-            int8_scheme=scheme if options.quantization == "int8" else "dynamic",
+            int8_scheme=options.int8_scheme if int8 else "dynamic",
             int8_lm_head=options.int8_lm_head,
             max_positions=options.max_model_len,
             # CUDA's GroupQueryAttention takes fp16/bf16 only: the float32 graph on a GPU
             # keeps attention as plain ops.
             fused_attention=provider == "cpu",
         )
-        cache_dir = options.artifact_dir or default_cache_dir()
-        model_path = build_model_file(bundle, graph, cache_dir)
+        model_path = build_model_file(bundle, graph, options.artifact_dir)
         self.session = self._session(ort, model_path, ep, options)
         self._torch_single_thread = provider == "cpu"
         self.activate()
@@ -109,7 +140,7 @@ class OnnxBackend(Backend):
         dev = self.options.device
         return int(dev.split(":", 1)[1]) if ":" in dev else 0
 
-    def _session(self, ort: Any, model_path: Path, ep: str, options: BackendOptions) -> Any:
+    def _session(self, ort: Any, model_path: Path, ep: str, options: OnnxOptions) -> Any:
         so = ort.SessionOptions()
         level = options.graph_optimization
         so.graph_optimization_level = {

@@ -162,6 +162,7 @@ def export_float(bundle: ModelBundle, path: Path, max_positions: int, fused: boo
     cfg = bundle.config
     model = LlamaModel(cfg, max_positions=max_positions)
     model.load_hf_weights(bundle.weights)
+    model.use_linear_kernel("export")  # one MatMul per projection, as the quantizers expect
     graph = StepGraph(model.eval(), fused)
     sample = sample_inputs(bundle, num_seqs=2, tokens_per_seq=3, past_blocks=2, pool_blocks=6)
     dynamic_axes = {

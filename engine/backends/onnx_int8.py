@@ -2,7 +2,7 @@
 
 Which layers stay float is measured (engine/backends/README.md has the numbers): every
 weight MatMul is int8 in the ONNX forms, the vocabulary projection included (+0.02 points
-of perplexity, 5-8 % faster steps; BackendOptions.int8_lm_head=False keeps it float);
+of perplexity, 5-8 % faster steps; OnnxOptions.int8_lm_head=False keeps it float);
 embeddings (a gather) and norms stay float32.
 """
 

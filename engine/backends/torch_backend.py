@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import torch
 
-from engine.backends.base import Backend, BackendOptions, BatchInputs, register_backend
+from engine.backends.base import (
+    Backend,
+    BackendOptions,
+    BackendTarget,
+    BatchInputs,
+    register_backend,
+)
 from engine.kernels import load_cpu_kernels
 from engine.model.attention import AttentionMetadata, PagedAttention, PagedKVCache, PrefillSpan
+from engine.model.linear import BlockLinear, onednn_runs_bfloat16
 from engine.model.llama import LlamaModel
 from engine.model_source import ModelBundle
 
@@ -18,13 +27,70 @@ from engine.model_source import ModelBundle
 TORCH_INT8_FORM = "gguf-blocks-32-int16-activations-v1"
 log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Float32 models up to this size keep a second weight copy on CPU, at twice the weight memory,
+# for faster decode of one to four sequences: the plain weights for the native GEMV beside
+# oneDNN's packed ones (1.6x its speed), or a transposed copy without oneDNN.
+_DECODE_WEIGHT_COPY_MAX_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class TorchOptions(BackendOptions):
+    """The torch backend's options (engine.config.BackendConfig documents each setting)."""
+
+    weight_dtype: str  # same | bfloat16 (bf16 matmul weights, float32 activations; CPU)
+    native_kernels: bool  # the compiled CPU kernels (engine/kernels), where a compiler exists
+    form: str  # the weight form: a changed INT8 form is gated afresh
+
+
+def linear_kernel_for(
+    options: TorchOptions,
+    device: torch.device,
+    dtype: torch.dtype,
+    native: ModuleType | None,
+    weight_bytes: int,
+) -> str:
+    """The linear kernel (engine.model.linear) this backend's projections multiply with:
+    int8 weight blocks, bfloat16 weights, or the fastest float form for the device."""
+    cpu_float32 = device.type == "cpu" and dtype == torch.float32
+    if options.quantization == "int8":
+        if not cpu_float32:
+            raise ValueError("backend torch's int8 mode is a CPU mode over float32 activations")
+        if native is None:
+            raise RuntimeError(
+                "backend torch's int8 mode runs on the native CPU kernels (engine/kernels), "
+                "which are turned off (--native-kernels false) or could not be built here"
+            )
+        return "int8-blocks"
+    if options.weight_dtype == "bfloat16":
+        if not cpu_float32:
+            raise ValueError("--weight-dtype bfloat16 is a CPU mode over float32 activations")
+        native_bf16 = torch.backends.mkldnn.is_available() and onednn_runs_bfloat16()
+        return "onednn-bfloat16" if native_bf16 else "bfloat16"
+    if device.type != "cpu":
+        return "device"
+    copy = cpu_float32 and weight_bytes <= _DECODE_WEIGHT_COPY_MAX_BYTES
+    if cpu_float32 and torch.backends.mkldnn.is_available():
+        return "onednn-small-batch" if copy and native is not None else "onednn"
+    return "cpu-float-transposed" if copy else "cpu-float"
 
 
 @register_backend("torch")
 class TorchBackend(Backend):
     """Eager LlamaModel with per-layer paged K/V pools."""
 
-    def __init__(self, bundle: ModelBundle, options: BackendOptions) -> None:
+    options: TorchOptions
+
+    @classmethod
+    def options_from(cls, target: BackendTarget) -> TorchOptions:
+        config = target.config
+        return TorchOptions(
+            **BackendOptions.shared(target),
+            weight_dtype=config.weight_dtype,
+            native_kernels=config.native_kernels,
+            form=TORCH_INT8_FORM if target.quantization == "int8" else "float",
+        )
+
+    def __init__(self, bundle: ModelBundle, options: TorchOptions) -> None:
         super().__init__(bundle, options)
         if options.quantization not in ("none", "int8"):
             raise ValueError(f"backend torch has no quantization mode {options.quantization!r}")
@@ -37,47 +103,32 @@ class TorchBackend(Backend):
         self.dtype = _DTYPES[options.dtype]
         cpu_float32 = self.device.type == "cpu" and self.dtype == torch.float32
         kernels = load_cpu_kernels() if cpu_float32 and options.native_kernels else None
-        if options.quantization == "int8":  # refused before any weight is touched
-            if not cpu_float32:
-                raise ValueError("backend torch's int8 mode is a CPU mode over float32 activations")
-            if kernels is None:
-                raise RuntimeError(
-                    "backend torch's int8 mode runs on the native CPU kernels (engine/kernels), "
-                    "which are turned off (--native-kernels false) or could not be built here"
-                )
         cfg = bundle.config
+        weight_bytes = cfg.num_parameters * self.dtype.itemsize
+        # Chosen (or refused) before any weight is touched.
+        linear = linear_kernel_for(options, self.device, self.dtype, kernels, weight_bytes)
         model = LlamaModel(cfg, max_positions=options.max_model_len)
         model.load_hf_weights(bundle.weights)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         # RoPE tables stay float32 so positions far out keep their precision.
         self.model.rotary.float()
-        weight_bytes = cfg.num_parameters * self.dtype.itemsize
-        if options.quantization == "int8":
-            assert kernels is not None  # checked above
-            exact, total = self.model.use_block_weights(kernels)
+        linears = self.model.use_linear_kernel(linear, kernels)
+        if kernels is not None and linear == "int8-blocks":
+            exact = sum(isinstance(k, BlockLinear) and k.exact for k in linears)
             log.info(
                 "torch int8: %d of %d projections hold the model's own weight blocks exactly "
                 "(the rest 8-bit blocks), int16 activations, %s kernel",
                 exact,
-                total,
+                len(linears),
                 kernels.block_linear_isa(),
             )
-        elif options.weight_dtype == "bfloat16":
-            if self.device.type != "cpu" or self.dtype != torch.float32:
-                raise ValueError("--weight-dtype bfloat16 is a CPU mode over float32 activations")
-            self.model.use_bfloat16_weights()
-        elif cpu_float32 and torch.backends.mkldnn.is_available():
-            copy = weight_bytes <= options.cpu_decode_weight_copy_max_bytes
-            self.model.use_onednn_weights(kernels if copy else None)
-        elif cpu_float32 and weight_bytes <= options.cpu_decode_weight_copy_max_bytes:
-            self.model.keep_transposed_weights()
         self.caches: list[PagedKVCache] = []
         self.native_decode = self.native_store = None
         if kernels is not None:
             self.native_decode = kernels.paged_decode_attention
             self.native_store = kernels.store_kv
             self.model.use_native_kernels(kernels)
-            if options.quantization == "int8":
+            if linear == "int8-blocks":
                 self.model.use_decode_stack(kernels)
 
     def activate(self) -> None:

@@ -21,7 +21,9 @@ from engine import accuracy
 from engine.accuracy import GATE_TEXT, compare_on_text, run_gates
 from engine.api import SamplingParams
 from engine.backend_choice import Measured, choose_backend, decode_inputs, median_step_seconds
-from engine.backends import Backend, BackendOptions, create_backend, onnx_graph
+from engine.backends import Backend, BackendTarget, create_backend, onnx_graph
+from engine.backends.onnx_backend import OnnxBackend
+from engine.config import BackendConfig
 from engine.model_source import ModelBundle
 from tests.conftest import make_engine
 from tests.integration.test_engine_fidelity import NEW_TOKENS, chat_prompts, check_all
@@ -44,9 +46,14 @@ def eval_ids(smollm2_bundle: ModelBundle) -> list[int]:
     return smollm2_bundle.tokenizer.encode(GATE_TEXT.read_text())
 
 
+def _target(cache_dir: Path, **settings: str) -> BackendTarget:
+    """Backend settings as the engine resolves them, on the CPU with a 2048-token context."""
+    return BackendTarget.resolve(BackendConfig(device="cpu", **settings), 2048, cache_dir)
+
+
 @pytest.fixture(scope="module")
-def float_backend(smollm2_bundle: ModelBundle) -> Backend:
-    return create_backend("torch", smollm2_bundle, BackendOptions())
+def float_backend(smollm2_bundle: ModelBundle, artifacts: Path) -> Backend:
+    return create_backend("torch", smollm2_bundle, _target(artifacts))
 
 
 def test_eval_text_is_a_few_thousand_tokens(eval_ids: list[int]) -> None:
@@ -71,8 +78,8 @@ def test_every_int8_mode_reports_its_gate_figures(
     """Each mode's figures are printed; the torch form (the model's own weight blocks, int16
     activations) must pass every gate; the ONNX forms (8-bit activations) must stay within
     the looser bounds they were built to (perplexity +3 %, top-1 90 %)."""
-    opts = BackendOptions(quantization="int8", int8_scheme=scheme, artifact_dir=artifacts)
-    candidate = create_backend(backend, smollm2_bundle, opts)
+    target = _target(artifacts, quantization="int8", int8_scheme=scheme)
+    candidate = create_backend(backend, smollm2_bundle, target)
     result = run_gates(float_backend, candidate, smollm2_bundle.tokenizer)
     print(f"{backend} int8 {scheme}: passed={result.passed}: {result.describe()}")
     assert 0 <= result.text.mean_kl < 0.05, result.describe()
@@ -86,7 +93,7 @@ def test_every_int8_mode_reports_its_gate_figures(
 def test_float_onnx_scores_like_the_reference(
     smollm2_bundle: ModelBundle, eval_ids: list[int], float_backend: Backend, artifacts: Path
 ) -> None:
-    onnx = create_backend("onnx", smollm2_bundle, BackendOptions(artifact_dir=artifacts))
+    onnx = create_backend("onnx", smollm2_bundle, _target(artifacts))
     result = compare_on_text(float_backend, onnx, eval_ids)
     assert abs(result.perplexity_ratio - 1) < 1e-3
     assert result.top1_agreement > 0.995
@@ -116,8 +123,7 @@ def test_onnx_step_time_does_not_grow_with_the_pool(
 ) -> None:
     """The pool stays resident and is never copied: a 32x larger pool (1.4 GiB) leaves the
     step time of a fixed batch unchanged (a copy of the pool alone would take > 100 ms)."""
-    opts = BackendOptions(quantization="int8", artifact_dir=artifacts)
-    backend = create_backend("onnx", smollm2_bundle, opts)
+    backend = create_backend("onnx", smollm2_bundle, _target(artifacts, quantization="int8"))
     inputs = decode_inputs(batch=8, context=100, block_size=16)
     backend.allocate_kv_cache(64, 16)
     small = median_step_seconds(backend, inputs, steps=7)
@@ -130,29 +136,29 @@ def test_onnx_step_time_does_not_grow_with_the_pool(
 def test_missing_provider_is_an_error_naming_it(
     smollm2_bundle: ModelBundle, artifacts: Path
 ) -> None:
-    opts = BackendOptions(provider="cuda", artifact_dir=artifacts)
+    target = _target(artifacts, onnx_provider="cuda")
     with pytest.raises(RuntimeError, match="CUDAExecutionProvider is not available"):
-        create_backend("onnx", smollm2_bundle, opts)
+        create_backend("onnx", smollm2_bundle, target)
     with pytest.raises(RuntimeError, match="TensorrtExecutionProvider is not available"):
-        create_backend("tensorrt", smollm2_bundle, BackendOptions(artifact_dir=artifacts))
+        create_backend("tensorrt", smollm2_bundle, _target(artifacts))
 
 
 def test_built_artifacts_are_reused_across_restarts(
     smollm2_bundle: ModelBundle, artifacts: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    opts = BackendOptions(quantization="int8", artifact_dir=artifacts)
-    create_backend("onnx", smollm2_bundle, opts)  # built (or already built above)
+    opts = OnnxBackend.options_from(_target(artifacts, quantization="int8"))
+    OnnxBackend(smollm2_bundle, opts)  # built (or already built above)
 
     def no_rebuild(*args: object) -> None:
         raise AssertionError("the model was exported again")
 
     monkeypatch.setattr(onnx_graph, "export_float", no_rebuild)
     monkeypatch.setattr(onnx_graph, "quantize_dynamic_blockwise", no_rebuild)
-    backend = create_backend("onnx", smollm2_bundle, opts)
+    backend = OnnxBackend(smollm2_bundle, opts)
     assert backend.name == "onnx"
     # A different option is a different artifact.
     with pytest.raises(AssertionError, match="exported again"):
-        create_backend("onnx", smollm2_bundle, replace(opts, int8_lm_head=False))
+        OnnxBackend(smollm2_bundle, replace(opts, int8_lm_head=False))
 
 
 def _records(cache_dir: Path) -> list[Measured]:
@@ -163,8 +169,8 @@ def _records(cache_dir: Path) -> list[Measured]:
 def test_auto_picks_the_fastest_measured_mode_that_passes_the_gates(
     smollm2_bundle: ModelBundle, artifacts: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    opts = BackendOptions(artifact_dir=artifacts)
-    choice = choose_backend("auto", "auto", opts, smollm2_bundle, artifacts)
+    target = _target(artifacts, name="auto", quantization="auto")
+    choice = choose_backend(target, smollm2_bundle, artifacts)
     assert "fastest measured here" in choice.reason
     records = _records(artifacts)
     assert len(records) == 3, "a verdict and timing per CPU candidate is cached"
@@ -174,7 +180,7 @@ def test_auto_picks_the_fastest_measured_mode_that_passes_the_gates(
     # A second start reads the cache: nothing is gated, timed or built but the winner.
     monkeypatch.setattr("engine.backend_choice.run_gates", _never)
     monkeypatch.setattr("engine.backend_choice.measure_decode", _never)
-    again = choose_backend("auto", "auto", opts, smollm2_bundle, artifacts)
+    again = choose_backend(target, smollm2_bundle, artifacts)
     assert (again.name, again.quantization) == (choice.name, choice.quantization)
 
 
@@ -187,8 +193,8 @@ def test_auto_falls_back_to_float_when_no_int8_mode_passes(
 ) -> None:
     monkeypatch.setattr(accuracy, "MIN_TOP1_AGREEMENT", 1.01)  # nothing reduced can pass
     fresh = artifacts / "strict"
-    opts = BackendOptions(artifact_dir=artifacts)
-    choice = choose_backend("auto", "auto", opts, smollm2_bundle, fresh)
+    target = _target(artifacts, name="auto", quantization="auto")
+    choice = choose_backend(target, smollm2_bundle, fresh)
     assert (choice.name, choice.quantization) == ("torch", "none")
     assert "failed the gates" in choice.reason
     assert "no INT8 form passes the accuracy gates here" in choice.reason

@@ -211,7 +211,7 @@ async def test_tokenize_gives_ids_that_logit_bias_takes(gateway: GatewayServer) 
             await http.post(
                 "/tokenize", json={"model": MODEL, "prompt": " blue", "add_special_tokens": False}
             )
-        ).json()["tokens"]  # noqa: E501
+        ).json()["tokens"]
         back = await http.post("/detokenize", json={"model": MODEL, "tokens": ids})
         assert back.json() == {"prompt": " blue"}
         chat = await http.post(

@@ -5,12 +5,12 @@ from __future__ import annotations
 import itertools
 
 from engine.api import SamplingParams
+from engine.config import SchedulerConfig
 from engine.kv_cache import KVCacheManager
 from engine.scheduler import (
     RunnerOutput,
     SampledToken,
     Scheduler,
-    SchedulerLimits,
     SchedulerOutput,
     SchedulingPolicy,
 )
@@ -55,13 +55,13 @@ def make_scheduler(
     policy: SchedulingPolicy = SchedulingPolicy.FCFS,
     prefix_caching: bool = True,
 ) -> Scheduler:
-    limits = SchedulerLimits(
+    config = SchedulerConfig(
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
         max_waiting=max_waiting,
-        policy=policy,
+        policy=policy.value,
     )
-    return Scheduler(limits, KVCacheManager(num_blocks, block_size, prefix_caching))
+    return Scheduler(config, KVCacheManager(num_blocks, block_size, prefix_caching))
 
 
 def fake_runner_output(out: SchedulerOutput, token: int = 7) -> RunnerOutput:

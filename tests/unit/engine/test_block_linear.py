@@ -8,14 +8,17 @@ skipped and says it did not run.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.backends import BackendOptions, create_backend
+from engine.backends import BackendTarget, create_backend
+from engine.config import BackendConfig
 from engine.kernels import BLOCK_LINEAR_ISAS, cpu_runs, load_block_linear_variant, load_cpu_kernels
 from engine.model.block_weights import BLOCK, BlockWeight, pack_scales, to_blocks
-from engine.model.llama import Projection
+from engine.model.linear import BlockLinear, Projection
 from engine.model_source import load_model
 
 KERNELS = load_cpu_kernels()
@@ -153,14 +156,17 @@ def test_block_projection_multiplies_by_the_exact_weight() -> None:
     w = q4_1_weight(960, 576)
     proj.weight.data = w.clone()
     x = _activations(32, 576)
-    assert proj.keep_block_copy(KERNELS), "a Q4_1 weight is held exactly"
+    kernel = proj.use_kernel("int8-blocks", KERNELS)
+    assert isinstance(kernel, BlockLinear) and kernel.exact, "a Q4_1 weight is held exactly"
+    assert proj.weight.numel() == 0, "the float weight is freed"
     got = proj(x)
     rel = float((got - F.linear(x, w)).norm() / F.linear(x, w).norm())
     assert rel < 1e-4, rel
 
 
-def test_torch_int8_without_native_kernels_is_refused() -> None:
+def test_torch_int8_without_native_kernels_is_refused(tmp_path: Path) -> None:
     bundle = load_model("dummy:tiny")
-    opts = BackendOptions(quantization="int8", native_kernels=False)
+    config = BackendConfig(device="cpu", quantization="int8", native_kernels=False)
+    target = BackendTarget.resolve(config, max_model_len=256, cache_dir=tmp_path)
     with pytest.raises(RuntimeError, match="native CPU kernels"):
-        create_backend("torch", bundle, opts)
+        create_backend("torch", bundle, target)

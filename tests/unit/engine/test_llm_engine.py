@@ -122,6 +122,26 @@ def test_stop_string_ends_generation_and_is_never_emitted(tiny: ModelBundle) -> 
     assert c.text == text[: text.index(stop)]
 
 
+def test_stop_string_finish_frees_every_completions_blocks_in_its_step(
+    tiny: ModelBundle,
+) -> None:
+    engine = engine_for(tiny)
+    (free,) = engine.generate([PROMPTS[2]], GREEDY)
+    text = free.completions[0].text
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    params = SamplingParams(n=2, max_tokens=24, temperature=0.0, ignore_eos=True, stop=[stop])
+    engine.add_request(PROMPTS[2], params, request_id="stopped")
+    final = None
+    while final is None:
+        final = next((out for out in engine.step() if out.finished), None)
+    # The step that found the stop string finished both sequences and freed their blocks.
+    assert not engine.has_unfinished()
+    assert engine.kv.num_free_blocks == engine.kv.num_blocks
+    assert [(d.finish_reason, d.stop_reason) for d in final.deltas] == [
+        (FinishReason.STOP, stop)
+    ] * 2
+
+
 def test_stop_token_id_and_min_tokens(tiny: ModelBundle) -> None:
     engine = engine_for(tiny)
     (free,) = engine.generate([PROMPTS[3]], GREEDY)

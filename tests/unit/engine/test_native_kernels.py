@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from engine.kernels import load_cpu_kernels
 from engine.model.attention import PagedKVCache
-from engine.model.llama import Projection
+from engine.model.linear import Projection
 from engine.model.rope import RotaryEmbedding, apply_rope
 
 KERNELS = load_cpu_kernels()
@@ -70,8 +70,7 @@ def test_float_projection_decodes_few_rows_from_the_plain_weight() -> None:
     proj = Projection(576, 960)
     torch.nn.init.normal_(proj.weight, std=0.02)
     reference = proj.weight.detach().clone()
-    proj.keep_onednn_copy(drop_plain=False)
-    proj.decode_from_plain_weight(KERNELS)
+    proj.use_kernel("onednn-small-batch", KERNELS)
     for rows in (1, 4, 5, 32):  # the GEMV kernel up to 4 rows, oneDNN beyond
         x = torch.randn(rows, 576)
         torch.testing.assert_close(proj(x), x @ reference.t(), rtol=1e-4, atol=1e-4)

@@ -54,9 +54,7 @@ def test_chunked_prefill_feeds_a_long_prompt_over_several_steps() -> None:
 
 def test_long_prefill_threshold_caps_one_chunk() -> None:
     sched = make_scheduler(max_num_batched_tokens=64)
-    sched.limits = type(sched.limits)(
-        max_num_seqs=8, max_num_batched_tokens=64, long_prefill_token_threshold=5
-    )
+    sched.config = sched.config.model_copy(update={"long_prefill_token_threshold": 5})
     sched.add([make_seq(12)])
     assert sched.schedule().scheduled[0].num_new_tokens == 5
 

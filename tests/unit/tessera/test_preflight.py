@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from engine.backend_choice import Measured, _Records
-from engine.backends import BackendOptions
+from engine.backends import BackendTarget, backend_class
+from engine.config import BackendConfig
 from engine.model_source import cache, load_model
 from tessera.cli import main
 
@@ -96,7 +97,8 @@ def test_a_full_disk_while_keeping_a_measurement_costs_only_the_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     records = _Records(tmp_path, load_model("dummy:tiny"))
-    options = BackendOptions()
+    target = BackendTarget.resolve(BackendConfig(device="cpu"), 2048, tmp_path)
+    options = backend_class("torch").options_from(target)
     real_write = Path.write_text
 
     def disk_full(self: Path, *args: object, **kwargs: object) -> int:
