@@ -93,7 +93,7 @@ def main() -> None:
         "# `tessera gateway` footprint",
         "",
         f"Command: `python bench/gateway_footprint.py {' '.join(sys.argv[1:])}`",
-        f"Machine: {m.get('cpu')}, {m.get('cores')} cores; {args.rounds} alternated rounds, "
+        f"Machine: {m.get('cpu_model')}, {m.get('cores')} cores; {args.rounds} alternated rounds, "
         "medians.",
         "",
         "| checkout | exec → /health (s) | peak RSS (MiB) | modules | engine.* modules | torch |",
