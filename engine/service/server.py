@@ -167,7 +167,7 @@ class EnginePod:
         self._state = "serving"
         self._ready_gauge.set(1)
         await self._set_health(_SERVING)
-        log.warning("engine ready in %.1fs: %s", time.perf_counter() - t0, core.capacity.summary())
+        log.info("engine ready in %.1fs: %s", time.perf_counter() - t0, core.capacity.summary())
 
     async def drain(self, timeout: float | None = None) -> int:
         """Refuse new work, wait for in-flight streams, abort stragglers; returns #aborted."""
@@ -214,7 +214,7 @@ class EnginePod:
             await self.stop()
             raise load.exception()  # type: ignore[misc]
         await stop
-        log.warning("stopping: draining for up to %.0fs", self.config.server.drain_timeout)
+        log.info("stopping: draining for up to %.0fs", self.config.server.drain_timeout)
         if not load.done():
             load.cancel()
         await self.drain()
