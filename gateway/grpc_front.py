@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from grpc_reflection.v1alpha import reflection
 from pydantic import BaseModel, ValidationError
 
 from gateway.accounting import RequestContext
@@ -25,7 +26,14 @@ from gateway.core import Gateway
 from gateway.errors import bad_request
 from tessera.grpc_errors import ErrorInterceptor
 from tessera.http_server import grpc_server_credentials
-from tessera.v1 import chat_pb2, completions_pb2, embeddings_pb2, models_pb2, service_pb2_grpc
+from tessera.v1 import (
+    chat_pb2,
+    completions_pb2,
+    embeddings_pb2,
+    models_pb2,
+    service_pb2,
+    service_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +238,10 @@ async def start_grpc(
     # malformed messages get INVALID_ARGUMENT, never a traceback
     server = grpc.aio.server(interceptors=[ErrorInterceptor(_internal, retry_after=1.0)])
     service_pb2_grpc.add_TesseraServicer_to_server(TesseraServicer(gateway), server)
+    # reflection (stream-stream, which ErrorInterceptor passes through as it is): grpcurl
+    # lists, describes and calls tessera.v1.Tessera without the .proto files
+    tessera = service_pb2.DESCRIPTOR.services_by_name["Tessera"].full_name
+    reflection.enable_server_reflection((tessera, reflection.SERVICE_NAME), server)
     if tls is not None:
         bound = server.add_secure_port(f"{host}:{port}", grpc_server_credentials(*tls))
     else:

@@ -69,8 +69,8 @@ class GatewayServer:
             loop.add_signal_handler(sig, self.request_stop)
         await self.start()
         if banner is not None:
-            log.warning(banner(self))
+            log.info(banner(self))
         await self._stop.wait()
-        log.warning("stopping: draining for up to %.0fs", self.config.http.drain_timeout)
+        log.info("stopping: draining for up to %.0fs", self.config.http.drain_timeout)
         await self.stop()
         return 0

@@ -40,8 +40,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     # every command (TESSERA_LOG_FORMAT=json in the container images).
     parser.add_argument(
         "--log-level",
-        default=os.environ.get("TESSERA_LOG_LEVEL", "WARNING"),
-        help="logging level (default $TESSERA_LOG_LEVEL, else WARNING)",
+        default=os.environ.get("TESSERA_LOG_LEVEL", "INFO"),
+        help="logging level of Tessera's own loggers; other libraries' records show from "
+        "WARNING up, unless DEBUG (default $TESSERA_LOG_LEVEL, else INFO)",
     )
     parser.add_argument(
         "--log-format",

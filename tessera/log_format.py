@@ -20,6 +20,16 @@ LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# The packages whose loggers follow --log-level (engine.progress logs as tessera.progress).
+OWN_LOGGERS = ("tessera", "engine", "gateway", "services")
+
+
+class OwnRecordsOrWarnings(logging.Filter):
+    """Passes Tessera's records and other libraries' from WARNING up, so that INFO shows
+    start-up and access lines without httpx's line per request or ONNX Runtime's per node."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.split(".", 1)[0] in OWN_LOGGERS
 
 
 class JsonFormatter(logging.Formatter):
@@ -51,11 +61,14 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, fmt: LogFormat, service: str | None = None) -> None:
-    """Send every logger's records at ``level`` and above to stderr in ``fmt``."""
+    """Send records at ``level`` and above to stderr in ``fmt``: every logger's at DEBUG,
+    else Tessera's and other libraries' WARNINGs and above."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter(service))
     else:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    if logging.getLogger().level > logging.DEBUG:
+        handler.addFilter(OwnRecordsOrWarnings())
     show_progress(level)

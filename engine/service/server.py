@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -125,6 +126,11 @@ class EnginePod:
         self._grpc = grpc.aio.server(interceptors=[interceptor], options=options)
         engine_pb2_grpc.add_EngineServiceServicer_to_server(EngineServicer(self), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        # reflection: grpcurl and other tools list and call the services without the .proto files
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_name, reflection.SERVICE_NAME), self._grpc
+        )
         await self._set_health(_NOT_SERVING)
         address = f"{srv.host}:{srv.port}"
         if srv.tls_cert is not None and srv.tls_key is not None:
@@ -163,7 +169,7 @@ class EnginePod:
         self._state = "serving"
         self._ready_gauge.set(1)
         await self._set_health(_SERVING)
-        log.warning("engine ready in %.1fs: %s", time.perf_counter() - t0, core.capacity.summary())
+        log.info("engine ready in %.1fs: %s", time.perf_counter() - t0, core.capacity.summary())
 
     async def drain(self, timeout: float | None = None) -> int:
         """Refuse new work, wait for in-flight streams, abort stragglers; returns #aborted."""
@@ -210,7 +216,7 @@ class EnginePod:
             await self.stop()
             raise load.exception()  # type: ignore[misc]
         await stop
-        log.warning("stopping: draining for up to %.0fs", self.config.server.drain_timeout)
+        log.info("stopping: draining for up to %.0fs", self.config.server.drain_timeout)
         if not load.done():
             load.cancel()
         await self.drain()

@@ -124,7 +124,7 @@ class EnginePool:
             return
         endpoint.info = info
         if info.accepting and not endpoint.healthy:
-            log.warning("engine %s is healthy (%s)", endpoint.name, info.model)
+            log.info("engine %s is healthy (%s)", endpoint.name, info.model)
         if not info.accepting and endpoint.healthy:
             log.warning("engine %s stopped accepting (warming or draining)", endpoint.name)
         endpoint.healthy = info.accepting

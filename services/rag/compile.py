@@ -92,7 +92,7 @@ def export_float(files: ModelFiles, dst: Path) -> None:
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # [batch, hidden]
             return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
 
-    log.warning("exporting %s to ONNX (once; cached in %s)", files.name, dst.parent)
+    log.info("exporting %s to ONNX (once; cached in %s)", files.name, dst.parent)
     bert = BertModel.from_pretrained(str(files.directory), local_files_only=True)
     bert.eval()
     sample = torch.ones(2, 8, dtype=torch.long)

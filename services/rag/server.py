@@ -54,7 +54,7 @@ class RagServer:
         await self.service.start()
         self.lifecycle.state = "serving"
         self._ready_gauge.set(1)
-        log.warning("RAG sidecar ready on :%d in %.1fs", self.port, time.perf_counter() - t0)
+        log.info("RAG sidecar ready on :%d in %.1fs", self.port, time.perf_counter() - t0)
 
     async def drain(self, timeout: float | None = None) -> int:
         """Refuse new work and wait for in-flight requests; returns how many were left."""

@@ -11,6 +11,10 @@ import httpx
 
 from tessera.http_server import free_port
 
+# Their stderr is a pipe read only once they exit: at WARNING it never fills (at the INFO
+# default, the access line per request of a long run would fill it and block the server).
+TESSERA = (sys.executable, "-m", "tessera.cli", "--log-level", "WARNING")
+
 
 class EngineProcess:
     """One engine pod subprocess on free loopback ports."""
@@ -26,9 +30,7 @@ class EngineProcess:
 
     def start(self, *extra: str) -> EngineProcess:
         cmd = [
-            sys.executable,
-            "-m",
-            "tessera.cli",
+            *TESSERA,
             "engine",
             "--model",
             "dummy:tiny",
@@ -99,7 +101,7 @@ def start_serve(*extra: str) -> tuple[subprocess.Popen[bytes], int]:
     """`tessera serve` on tiny random weights as a process, ready; returns it and its port."""
     port = free_port()
     cmd = [
-        sys.executable, "-m", "tessera.cli", "serve", "--model", "dummy:tiny",
+        *TESSERA, "serve", "--model", "dummy:tiny",
         "--port", str(port), "--grpc-port", str(free_port()), "--kv-cache-memory", "64MiB",
         "--max-model-len", "512", "--no-native-kernels", "--no-rag", *extra,
     ]  # fmt: skip

@@ -4,6 +4,7 @@ back-pressure, errors, health, drain and metrics."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -245,7 +246,10 @@ async def health_status(port: int) -> list[int]:
         ]
 
 
-async def test_health_moves_not_serving_serving_not_serving(tiny: ModelBundle) -> None:
+async def test_health_moves_not_serving_serving_not_serving(
+    tiny: ModelBundle, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="engine.service.server")
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, 2
     pod = await started_pod(tiny, pod_config(), load=False)
     client = GrpcEngineClient(f"127.0.0.1:{pod.ports.grpc}")
@@ -256,6 +260,8 @@ async def test_health_moves_not_serving_serving_not_serving(tiny: ModelBundle) -
         with pytest.raises(EngineUnavailableError, match="loading"):
             await client.generate("hi", GREEDY)
         await pod.load()
+        ready = [r for r in caplog.records if r.getMessage().startswith("engine ready in")]
+        assert [r.levelname for r in ready] == ["INFO"]  # start-up news, nothing to act on
         assert await health_status(pod.ports.grpc) == [serving] * 2
         assert await http_status(ready_url) == 200
         in_flight = await client.generate(PROMPTS[0], GREEDY)
@@ -273,9 +279,13 @@ async def test_health_moves_not_serving_serving_not_serving(tiny: ModelBundle) -
         await pod.stop()
 
 
-async def test_drain_timeout_aborts_stragglers(pod: EnginePod, client: GrpcEngineClient) -> None:
+async def test_drain_timeout_aborts_stragglers(
+    pod: EnginePod, client: GrpcEngineClient, caplog: pytest.LogCaptureFixture
+) -> None:
     streams = [await client.generate(p, LONG) for p in PROMPTS[:3]]
     assert await pod.drain(timeout=0.2) == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "drain timeout: aborting 3 request(s)" in warnings
     for s in streams:
         outs = [o async for o in s]
         assert outs[-1].finished

@@ -3,8 +3,12 @@ conversations to one engine yet respects the load bound."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
+from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 from gateway.engines.routing import (
     Endpoint,
@@ -92,11 +96,46 @@ async def test_dns_discovery_resolves_every_address_and_drops_vanished_ones() ->
     pool = EnginePool(
         PoolSettings(dns="localhost:50999", health_interval=0.2),
         RoundRobin(),
-        client_factory=Unreachable,
-    )  # type: ignore[arg-type]
+        client_factory=Unreachable,  # type: ignore[arg-type]
+    )
     await pool.refresh()
     assert "127.0.0.1:50999" in pool.endpoints
     assert not pool.healthy()  # discovered but failing its health check
     pool.settings = PoolSettings(engines=("10.9.9.9:1",), health_interval=0.2)
     await pool.refresh()
     assert list(pool.endpoints) == ["10.9.9.9:1"]
+
+
+async def test_pool_logs_an_engine_turning_healthy_at_info_and_leaving_at_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from gateway.engines.pool import EnginePool, PoolSettings
+
+    caplog.set_level(logging.INFO, logger="gateway.engines.pool")
+    info = SimpleNamespace(accepting=True, model="dummy:tiny")
+
+    class Engine:
+        def __init__(self, name: str) -> None:
+            pass
+
+        async def info(self) -> SimpleNamespace:
+            return info
+
+        async def close(self) -> None:
+            return None
+
+    pool = EnginePool(
+        PoolSettings(engines=("10.9.9.9:1",), health_interval=0.2),
+        RoundRobin(),
+        client_factory=Engine,  # type: ignore[arg-type]
+    )
+    await pool.refresh()
+    info.accepting = False
+    await pool.refresh()
+    lines = [
+        (r.levelname, r.getMessage()) for r in caplog.records if "10.9.9.9:1" in r.getMessage()
+    ]
+    assert lines[-2:] == [
+        ("INFO", "engine 10.9.9.9:1 is healthy (dummy:tiny)"),
+        ("WARNING", "engine 10.9.9.9:1 stopped accepting (warming or draining)"),
+    ]
