@@ -182,10 +182,10 @@ async def test_completions_prompts_echo_and_logprobs(client: openai.AsyncOpenAI)
         ({"n": 0}, 400, "n"),
         ({"max_tokens": 10**9}, 400, "max_tokens"),
         ({"model": "no-such-model"}, 404, "model"),
-        (
-            {"extra_body": {"tools": [{"type": "function", "function": {"name": "f"}}]}},
+        (  # the deprecated form of tools is named, not silently ignored
+            {"extra_body": {"functions": [{"name": "f", "parameters": {}}]}},
             400,
-            "tools",
+            "functions",
         ),
         ({"extra_body": {"bogus_field": 1}}, 400, "bogus_field"),
         ({"messages": [{"role": "user", "content": "word " * 600}]}, 400, "messages"),
