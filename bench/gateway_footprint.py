@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import machine_info
+from bench.machine import machine_info, write_report
 from tessera.http_server import free_port
 
 # Started with `python -c` in the checkout: the gateway runs in this process; once /health
@@ -106,10 +106,7 @@ def main() -> None:
             f"{med['modules']:.0f} | {med['engine_modules']:.0f} | "
             f"{'loaded' if rs[0]['torch'] else 'not loaded'} |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import machine_info
+from bench.machine import machine_info, write_report
 from bench.structured_outputs import SCHEMA
 from engine.model_source.cache import default_cache_dir
 from engine.model_source.loader import default_tokenizer
@@ -103,10 +103,7 @@ def main() -> None:
             for k, v in rows.items()
         ),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

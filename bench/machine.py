@@ -58,3 +58,12 @@ def describe(info: dict[str, Any] | None = None) -> str:
     m = info or machine_info()
     isa = " ".join(m.get("isa") or []) or "ISA unknown"
     return f"{m['cpu_model']}, {m['cores']} cores, {isa}, {m['memory_gib']} GiB"
+
+
+def write_report(lines: list[str], out: Path | None) -> str:
+    """Print a Markdown report and write it to ``out`` when given; returns its text."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out is not None:
+        out.write_text(text)
+    return text

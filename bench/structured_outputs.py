@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import machine_info
+from bench.machine import machine_info, write_report
 from engine.api import SamplingParams, StructuredOutputs
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
@@ -140,10 +140,7 @@ def main() -> None:
         f"Validity: {ok}/{len(outputs)} constrained answers parse and validate "
         "(answers cut at max_tokens count as invalid).",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":
