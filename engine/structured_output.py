@@ -23,6 +23,7 @@ from engine.model_source.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 MAX_CACHED_GRAMMARS = 256
+_BIT_SHIFTS = torch.arange(32, dtype=torch.int32)  # bit j of a packed int32 mask word
 _SOURCE_PREFIX = re.compile(r"^\[[^\]]*\]\s*\S+:\d+:\s*")  # "[12:58:14] /x/y.cc:94: "
 
 
@@ -68,10 +69,6 @@ class GrammarManager:
                 self._cache.popitem(last=False)
         return compiled
 
-    def is_compiled(self, spec: StructuredOutputs) -> bool:
-        with self._lock:
-            return spec.key in self._cache
-
     def _compile(self, spec: StructuredOutputs) -> Any:
         compiler = self._compiler_now()
         (kind,) = spec.kinds()
@@ -113,6 +110,5 @@ def fill_bitmask(matchers: Sequence[Any], vocab_size: int) -> torch.Tensor:
     packed = xgr.allocate_token_bitmask(len(matchers), vocab_size)  # [rows, ceil(V/32)] int32
     for row, matcher in enumerate(matchers):
         matcher.fill_next_token_bitmask(packed, row)
-    shifts = torch.arange(32, dtype=torch.int32)
-    bits = (packed.unsqueeze(-1) >> shifts) & 1  # [rows, words, 32], bit j of word w = 32w + j
+    bits = (packed.unsqueeze(-1) >> _BIT_SHIFTS) & 1  # [rows, words, 32], bit j of word w = 32w + j
     return bits.view(len(matchers), -1)[:, :vocab_size].bool()

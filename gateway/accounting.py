@@ -88,9 +88,7 @@ class Accounting:
 
     def fail(self, ctx: RequestContext | None, route: str, error: BaseException) -> APIError:
         """The APIError a failed call answers with (500 with an incident id for a bug), its
-        end recorded. A 401 from open() was recorded there."""
-        if isinstance(error, APIError) and error.status == 401 and ctx is None:
-            return error
+        end recorded unless the call never opened (open() records its own 401)."""
         if not isinstance(error, APIError):
             incident = secrets.token_hex(6)
             log.error("internal error %s on %s", incident, route, exc_info=error)

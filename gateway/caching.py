@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.accounting import RequestContext
 from gateway.metrics import GatewayMetrics
 from gateway.response_cache import ResponseCache, cache_key, is_cacheable
 from gateway.semantic_cache import SemanticCache, conversation_text, scope_key
 from gateway.settings_parts import ResponseCacheConfig
+
+if TYPE_CHECKING:
+    from gateway.api.generation import GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ class Caches:
         self._model_version = model_version  # model -> "name|backend|quantization"
         self.metrics = metrics
 
-    def _key(self, ctx: RequestContext, request: Any) -> str | None:
+    def _key(self, ctx: RequestContext, request: GenerationRequest) -> str | None:
         body = request.cache_body
         if not self.config.enabled or body is None or not is_cacheable(body):
             return None
@@ -43,7 +46,7 @@ class Caches:
         version = self._model_version(request.model)
         return cache_key(ctx.principal.key_id, version, request.route, body)
 
-    async def get(self, ctx: RequestContext, request: Any) -> dict[str, Any] | None:
+    async def get(self, ctx: RequestContext, request: GenerationRequest) -> dict[str, Any] | None:
         """A stored result for this GenerationRequest, or None (ctx.cache_status says why)."""
         key = self._key(ctx, request)
         if key is not None:
@@ -54,7 +57,9 @@ class Caches:
                 return hit
         return await self._semantic_get(ctx, request)
 
-    async def _semantic_get(self, ctx: RequestContext, request: Any) -> dict[str, Any] | None:
+    async def _semantic_get(
+        self, ctx: RequestContext, request: GenerationRequest
+    ) -> dict[str, Any] | None:
         messages = request.semantic_messages
         if self.semantic is None or ctx.bypass_cache or not messages or request.rag is not None:
             return None
@@ -73,7 +78,9 @@ class Caches:
         ctx.semantic = (scope, vector)
         return None
 
-    async def put(self, ctx: RequestContext, request: Any, result: dict[str, Any]) -> None:
+    async def put(
+        self, ctx: RequestContext, request: GenerationRequest, result: dict[str, Any]
+    ) -> None:
         """Store a complete result where the lookup missed."""
         if ctx.cache_status == "miss":
             key = self._key(ctx, request)

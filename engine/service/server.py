@@ -85,10 +85,6 @@ class EnginePod:
         return self._state == "serving" and self._engine is not None and self._engine.is_running
 
     @property
-    def max_waiting(self) -> int:
-        return self.config.scheduler.max_waiting
-
-    @property
     def state(self) -> str:
         return self._state
 
