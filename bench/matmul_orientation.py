@@ -7,7 +7,7 @@ any cache) so the figures match a real decode step:
 
 Orientations: F.linear(x, W); (W @ x^T)^T with W [out, in]; x @ W^T with W^T
 stored contiguous [in, out]; and oneDNN's linear over W reordered once into its blocked
-layout. engine/model/llama.py's Projection uses the result.
+layout. engine/model/decoder.py's Projection uses the result.
 """
 
 from __future__ import annotations

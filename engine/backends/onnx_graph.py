@@ -35,7 +35,7 @@ from torch import nn
 
 from engine.backends.onnx_int8 import FLOAT_LAYERS, quantize_dynamic_blockwise, quantize_qdq_weights
 from engine.model.attention import GatheredPoolAttention
-from engine.model.llama import LlamaModel
+from engine.model.decoder import DecoderModel
 from engine.model_source import ModelBundle
 from engine.progress import Progress
 
@@ -49,9 +49,9 @@ OUTPUT_NAMES = ["logits", "new_kv"]
 
 
 class StepGraph(nn.Module):
-    """LlamaModel wrapped to the graph contract above (what torch.onnx.export traces)."""
+    """DecoderModel wrapped to the graph contract above (what torch.onnx.export traces)."""
 
-    def __init__(self, model: LlamaModel, fused_attention: bool) -> None:
+    def __init__(self, model: DecoderModel, fused_attention: bool) -> None:
         super().__init__()
         self.model = model
         self.fused_attention = fused_attention
@@ -160,7 +160,7 @@ def build_model_file(bundle: ModelBundle, opts: GraphOptions, cache_dir: Path) -
 def export_float(bundle: ModelBundle, path: Path, max_positions: int, fused: bool) -> None:
     """Trace the float32 model into ``path`` (weights as initializers, dynamic shapes)."""
     cfg = bundle.config
-    model = LlamaModel(cfg, max_positions=max_positions)
+    model = DecoderModel(cfg, max_positions=max_positions)
     model.load_hf_weights(bundle.weights)
     model.use_linear_kernel("export")  # one MatMul per projection, as the quantizers expect
     graph = StepGraph(model.eval(), fused)

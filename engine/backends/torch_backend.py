@@ -19,8 +19,8 @@ from engine.backends.base import (
 )
 from engine.kernels import load_cpu_kernels
 from engine.model.attention import AttentionMetadata, PagedAttention, PagedKVCache, PrefillSpan
+from engine.model.decoder import DecoderModel
 from engine.model.linear import BlockLinear, onednn_runs_bfloat16
-from engine.model.llama import LlamaModel
 from engine.model_source import ModelBundle
 
 # Names the INT8 form in cached gate verdicts: a changed form must be gated afresh.
@@ -76,7 +76,7 @@ def linear_kernel_for(
 
 @register_backend("torch")
 class TorchBackend(Backend):
-    """Eager LlamaModel with per-layer paged K/V pools."""
+    """Eager DecoderModel (every family) with per-layer paged K/V pools."""
 
     options: TorchOptions
 
@@ -107,7 +107,7 @@ class TorchBackend(Backend):
         weight_bytes = cfg.num_parameters * self.dtype.itemsize
         # Chosen (or refused) before any weight is touched.
         linear = linear_kernel_for(options, self.device, self.dtype, kernels, weight_bytes)
-        model = LlamaModel(cfg, max_positions=options.max_model_len)
+        model = DecoderModel(cfg, max_positions=options.max_model_len)
         model.load_hf_weights(bundle.weights)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         # RoPE tables stay float32 so positions far out keep their precision.
@@ -152,8 +152,9 @@ class TorchBackend(Backend):
                 self.dtype,
                 self.device,
                 self.native_store,
+                window=cfg.window(layer),
             )
-            for _ in range(cfg.num_hidden_layers)
+            for layer in range(cfg.num_hidden_layers)
         ]
         self.num_blocks, self.block_size = num_blocks, block_size
 
@@ -171,7 +172,7 @@ class TorchBackend(Backend):
             torch.from_numpy(inputs.token_ids).to(dev),
             torch.from_numpy(inputs.positions).to(dev),
             torch.from_numpy(inputs.logits_indices).to(dev),
-            PagedAttention(self.caches, meta),
+            PagedAttention(self.caches, meta, self.bundle.config.attention_scale),
         )
         return logits.cpu()
 

@@ -44,7 +44,7 @@ torch::Tensor BlockDecodeStack::forward(torch::Tensor h, torch::Tensor cos, torc
     store_kv(k_caches[i], v_caches[i], slots, qkv.narrow(1, heads_, kv_heads_),
              qkv.narrow(1, heads_ + kv_heads_, kv_heads_));
     auto attn = paged_decode_attention(q, k_caches[i], v_caches[i], block_tables, context_lens,
-                                       scale);  // [n, heads, hd]
+                                       scale, /*window=*/0);  // [n, heads, hd]
     h.add_(linear(layer.o, attn.view({n, heads_ * head_dim_})));
     // SwiGLU MLP.
     auto gate_up = linear(layer.gate_up, rms_norm(h, layer.post_attention_norm, eps_));

@@ -3,10 +3,11 @@
 
 #include <torch/extension.h>
 
-// Decode attention over a paged KV pool (float32); paged_decode_attention.cpp.
+// Decode attention over a paged KV pool (float32), over the last `window` keys when window > 0
+// (sliding layers); paged_decode_attention.cpp.
 torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache,
                                      torch::Tensor v_cache, torch::Tensor block_tables,
-                                     torch::Tensor context_lens, double scale);
+                                     torch::Tensor context_lens, double scale, int64_t window);
 
 // Block weights q [n, k] (4 bits: uint8 values 0..15; 8 bits: int8) in block_linear's layout;
 // block_linear.cpp.

@@ -20,8 +20,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "block_linear in scalar code, the same arithmetic in the same order");
   m.def("block_linear_isa", &block_linear_isa, NoGil(), "the instruction path block_linear was built with");
 #ifndef TESSERA_BLOCK_LINEAR_ONLY
-  m.def("paged_decode_attention", &paged_decode_attention, NoGil(),
-        "Decode attention over a paged KV pool (CPU, float32)");
+  m.def("paged_decode_attention", &paged_decode_attention, NoGil(), py::arg("q"),
+        py::arg("k_cache"), py::arg("v_cache"), py::arg("block_tables"), py::arg("context_lens"),
+        py::arg("scale"), py::arg("window") = 0,
+        "Decode attention over a paged KV pool (CPU, float32); window > 0: its last keys only");
   m.def("rope_in_place", &rope_in_place, NoGil(),
         "rotate the first heads of qkv [tokens, heads, head_dim] in place (half-split RoPE)");
   m.def("store_kv", &store_kv, NoGil(), "write K, V [tokens, kv_heads, head_dim] at their pool slots");

@@ -109,7 +109,8 @@ torch::Tensor paged_decode_attention(
     torch::Tensor v_cache,       // same shape as k_cache
     torch::Tensor block_tables,  // [num_seqs, max_blocks] int64
     torch::Tensor context_lens,  // [num_seqs] int64
-    double scale) {
+    double scale,
+    int64_t window) {            // > 0: attend to the last `window` keys only (sliding layers)
   TORCH_CHECK(q.scalar_type() == torch::kFloat32, "q must be float32");
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
   TORCH_CHECK(block_tables.scalar_type() == torch::kInt64, "block_tables must be int64");
@@ -149,6 +150,7 @@ torch::Tensor paged_decode_attention(
   const int64_t* cl = context_lens.data_ptr<int64_t>();
   float* op = out.data_ptr<float>();
   const float fscale = static_cast<float>(scale);
+  TORCH_CHECK(window >= 0, "window must be 0 (none) or a number of tokens");
   const int64_t token_stride = num_kv_heads * head_dim;  // floats between tokens in a block
 
   // One task per (sequence, KV head): the query heads of a group share every K and V row
@@ -158,14 +160,17 @@ torch::Tensor paged_decode_attention(
     std::vector<const float*> keys, values;  // token t's rows for this KV head
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task / num_kv_heads, g = task % num_kv_heads;
-      const int64_t ctx = cl[s];
+      // A sliding layer reads only the window's last keys: tokens first..cl[s] - 1.
+      const int64_t first = window > 0 ? std::max<int64_t>(0, cl[s] - window) : 0;
+      const int64_t ctx = cl[s] - first;
       scores.resize(group * ctx);
       keys.resize(ctx);
       values.resize(ctx);
       // Row addresses once per task, block by block (no division per token and head).
-      for (int64_t t = 0, b = 0; t < ctx; ++b) {
+      for (int64_t t = 0, pos = first; t < ctx;) {
+        const int64_t b = pos / block_size;
         const int64_t base = bt[s * max_blocks + b] * block_size * token_stride + g * head_dim;
-        for (int64_t j = 0; j < block_size && t < ctx; ++j, ++t) {
+        for (int64_t j = pos % block_size; j < block_size && t < ctx; ++j, ++t, ++pos) {
           keys[t] = kp + base + j * token_stride;
           values[t] = vp + base + j * token_stride;
         }

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.onnx.operators import reshape_from_tensor_shape, shape_as_tensor
 
 if TYPE_CHECKING:
-    from engine.model_source.arch import LlamaArchConfig
+    from engine.model_source.arch import ArchConfig
 
 
 @dataclass
@@ -65,7 +65,11 @@ def kv_pool_tensor(
 
 
 class PagedKVCache:
-    """One layer's K and V pools: [num_blocks, block_size, kv_heads, head_dim] each."""
+    """One layer's K and V pools: [num_blocks, block_size, kv_heads, head_dim] each, and the
+    layer's sliding window (None: it attends to the whole context).
+
+    A sliding layer keeps every token's K/V like any other (prefix-cache blocks stay whole and
+    shareable across layers); it only reads the window's last keys."""
 
     def __init__(
         self,
@@ -76,6 +80,7 @@ class PagedKVCache:
         dtype: torch.dtype,
         device: torch.device,
         native_store: Callable[..., None] | None = None,
+        window: int | None = None,
     ) -> None:
         """``native_store``: engine.kernels' store_kv (CPU float32), one call for K and V."""
         shape = (num_blocks, block_size, kv_heads, head_dim)
@@ -83,6 +88,7 @@ class PagedKVCache:
         self.v = kv_pool_tensor(shape, dtype, device)
         self.block_size = block_size
         self.native_store = native_store
+        self.window = window
 
     def write(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store this step's K/V [num_tokens, kv_heads, head_dim] at their slots."""
@@ -100,19 +106,26 @@ class PagedKVCache:
         return k.reshape(shape), v.reshape(shape)
 
 
-def _decode(q: torch.Tensor, cache: PagedKVCache, meta: AttentionMetadata) -> torch.Tensor:
+def _decode(
+    q: torch.Tensor, cache: PagedKVCache, meta: AttentionMetadata, scale: float
+) -> torch.Tensor:
     """One query token per sequence, q [D, heads, hd], against its cached keys."""
     if meta.native_decode is not None:
-        scale = q.shape[-1] ** -0.5
         tables, lens = meta.decode_block_tables, meta.decode_context_lens
-        return meta.native_decode(q, cache.k, cache.v, tables, lens, scale)
+        return meta.native_decode(q, cache.k, cache.v, tables, lens, scale, cache.window or 0)
     kd, vd = cache.gather(meta.decode_block_tables)  # [D, L, kvh, hd]
+    mask = meta.decode_mask
+    if cache.window is not None and mask is not None:
+        key_pos = torch.arange(mask.shape[-1], device=q.device)
+        first = (meta.decode_context_lens.to(q.device) - cache.window).view(-1, 1, 1, 1)
+        mask = mask & (key_pos >= first)
     od = F.scaled_dot_product_attention(
         q.unsqueeze(2),
         kd.transpose(1, 2),
         vd.transpose(1, 2),
-        attn_mask=meta.decode_mask,
+        attn_mask=mask,
         enable_gqa=True,
+        scale=scale,
     )  # [D, heads, 1, hd]
     return od.squeeze(2)
 
@@ -123,13 +136,17 @@ def paged_attention(
     v: torch.Tensor,  # [num_tokens, kv_heads, head_dim]
     cache: PagedKVCache,
     meta: AttentionMetadata,
+    scale: float | None = None,
 ) -> torch.Tensor:
-    """Write this step's K/V into the pool, then attend over each sequence's blocks."""
+    """Write this step's K/V into the pool, then attend over each sequence's blocks (scores
+    scaled by ``scale``, head_dim ** -0.5 when None; a sliding layer's within its window)."""
     cache.write(meta.slot_mapping, k, v)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
     all_decode = meta.num_decodes == q.shape[0]
     out = torch.empty_like(q)
     if meta.num_decodes:
-        od = _decode(q if all_decode else q[meta.decode_rows], cache, meta)  # [D, heads, hd]
+        od = _decode(q if all_decode else q[meta.decode_rows], cache, meta, scale)
         if all_decode:
             return od  # the common steady state: skip the scatter
         out[meta.decode_rows] = od
@@ -137,16 +154,22 @@ def paged_attention(
         rows = slice(span.token_start, span.token_start + span.num_tokens)
         qs = q[rows].transpose(0, 1).unsqueeze(0)  # [1, heads, n, hd]
         start = span.context_len - span.num_tokens
+        window = (
+            cache.window if cache.window is not None and cache.window < span.context_len else None
+        )
+        mask: torch.Tensor | None = None
         if start == 0:
             # Nothing cached before this chunk: attend over its own K/V causally.
             ks, vs = k[rows], v[rows]
-            mask = None
         else:
             kb, vb = cache.gather(span.block_ids.unsqueeze(0))
             ks, vs = kb[0, : span.context_len], vb[0, : span.context_len]
+        if start or window is not None:
             qpos = torch.arange(start, span.context_len, device=q.device).unsqueeze(1)
-            kpos = torch.arange(span.context_len, device=q.device).unsqueeze(0)
-            mask = kpos <= qpos  # [n, context_len]
+            kpos = torch.arange(span.context_len - ks.shape[0], span.context_len, device=q.device)
+            mask = kpos.unsqueeze(0) <= qpos  # [n, keys]
+            if window is not None:
+                mask = mask & (kpos.unsqueeze(0) > qpos - window)
         # Expanding KV heads here keeps SDPA on its flash kernel: with enable_gqa
         # and a causal flag PyTorch's CPU dispatch falls back to the slow math path.
         group = q.shape[1] // k.shape[1]
@@ -156,6 +179,7 @@ def paged_attention(
             vs.repeat_interleave(group, dim=1).transpose(0, 1).unsqueeze(0),
             attn_mask=mask,
             is_causal=mask is None,
+            scale=scale,
         )  # [1, heads, n, hd]
         out[rows] = os_[0].transpose(0, 1)
     return out
@@ -164,14 +188,17 @@ def paged_attention(
 class PagedAttention:
     """Eager paged attention: each layer writes into and reads from its own pool."""
 
-    def __init__(self, caches: list[PagedKVCache], meta: AttentionMetadata) -> None:
+    def __init__(
+        self, caches: list[PagedKVCache], meta: AttentionMetadata, scale: float | None = None
+    ) -> None:
         self.caches = caches
         self.meta = meta
+        self.scale = scale
 
     def __call__(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
-        return paged_attention(q, k, v, self.caches[layer], self.meta)
+        return paged_attention(q, k, v, self.caches[layer], self.meta, self.scale)
 
     def decode_stack(
         self, stack: Any, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
@@ -220,7 +247,7 @@ class GatheredPoolAttention:
         pool: torch.Tensor,  # [L * 2 * kvh * NB, bs, hd]
         block_tables: torch.Tensor,  # [B, nb] blocks holding each sequence's cached tokens
         past_lens: torch.Tensor,  # [B] tokens already cached per sequence
-        cfg: LlamaArchConfig,
+        cfg: ArchConfig,
         fused: bool,
     ) -> None:
         self.pool = pool

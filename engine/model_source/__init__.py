@@ -1,7 +1,7 @@
 """Model sources: GGUF files, Hugging Face directories and random ("dummy") weights, all
 loaded into one ModelBundle of float32 Hugging Face-named weights plus a tokenizer."""
 
-from engine.model_source.arch import LlamaArchConfig
+from engine.model_source.arch import ArchConfig
 from engine.model_source.cache import CACHE_FORMAT_VERSION
 from engine.model_source.dummy import PRESETS as DUMMY_PRESETS
 from engine.model_source.errors import ModelSourceError
@@ -11,7 +11,7 @@ from engine.model_source.tokenizer import Tokenizer
 __all__ = [
     "CACHE_FORMAT_VERSION",
     "DUMMY_PRESETS",
-    "LlamaArchConfig",
+    "ArchConfig",
     "ModelBundle",
     "ModelSourceError",
     "Tokenizer",

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from engine.model_source.arch import LlamaArchConfig
+from engine.model_source.arch import ArchConfig
 from engine.model_source.tokenizer import Tokenizer
 
 # Bump when the converted layout or the conversion itself changes: old entries stop matching.
@@ -54,7 +54,7 @@ def entry_dir(cache_dir: Path, source: Path) -> Path:
 
 
 def store(
-    entry: Path, config: LlamaArchConfig, weights: dict[str, torch.Tensor], tokenizer: Tokenizer
+    entry: Path, config: ArchConfig, weights: dict[str, torch.Tensor], tokenizer: Tokenizer
 ) -> bool:
     """Write a converted model to `entry` atomically (temp dir, then rename). Returns False,
     after logging why, when the cache cannot be written: the caller still has the model."""

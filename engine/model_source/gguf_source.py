@@ -15,7 +15,7 @@ import numpy as np
 import tokenizers
 import torch
 
-from engine.model_source.arch import LlamaArchConfig
+from engine.model_source.arch import ArchConfig
 from engine.model_source.errors import ModelSourceError, reason
 from engine.model_source.layout import check_weights
 from engine.model_source.tokenizer import Tokenizer
@@ -87,7 +87,7 @@ def _meta(reader: Any, key: str, default: Any = None) -> Any:
     return default if field is None else field.contents()
 
 
-def read_config(reader: Any, path: Path) -> LlamaArchConfig:
+def read_config(reader: Any, path: Path) -> ArchConfig:
     """The architecture from GGUF metadata (llama.* keys, token ids, tied when no output.weight)."""
     arch = _meta(reader, "general.architecture")
     if arch != "llama":
@@ -114,7 +114,7 @@ def read_config(reader: Any, path: Path) -> LlamaArchConfig:
     eos = [_meta(reader, f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
     names = {t.name for t in reader.tensors}
     theta = float(_meta(reader, "llama.rope.freq_base", 10000.0))
-    return LlamaArchConfig(
+    return ArchConfig(
         vocab_size=int(vocab),
         hidden_size=hidden,
         intermediate_size=int(need("feed_forward_length")),
@@ -178,7 +178,7 @@ def llama3_rope_divisors(scaling: dict[str, Any], theta: float, head_dim: int) -
 
 
 def read_weights(
-    reader: Any, config: LlamaArchConfig, path: Path, progress: Progress | None = None
+    reader: Any, config: ArchConfig, path: Path, progress: Progress | None = None
 ) -> dict[str, torch.Tensor]:
     """All tensors dequantized to float32 [out, in] under HF names, Q/K permutation undone."""
     from gguf.quants import dequantize
@@ -206,7 +206,7 @@ def read_weights(
     return check_weights(weights, config, str(path))
 
 
-def read_tokenizer(path: Path, config: LlamaArchConfig) -> Tokenizer:
+def read_tokenizer(path: Path, config: ArchConfig) -> Tokenizer:
     """Convert the GGUF's tokenizer with transformers (once; the cache keeps tokenizer.json)."""
     try:
         # Heavy imports, confined to the cold path; transformers' own bars stay off (the
@@ -231,7 +231,7 @@ def read_tokenizer(path: Path, config: LlamaArchConfig) -> Tokenizer:
     )
 
 
-def read_gguf(path: Path) -> tuple[LlamaArchConfig, dict[str, torch.Tensor], Tokenizer]:
+def read_gguf(path: Path) -> tuple[ArchConfig, dict[str, torch.Tensor], Tokenizer]:
     """Config, float32 weights and tokenizer of a llama GGUF file."""
     reader = open_gguf(path)
     try:

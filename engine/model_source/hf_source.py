@@ -1,4 +1,5 @@
-"""Read a Hugging Face Llama directory: config.json, *.safetensors (sharded or not), tokenizer."""
+"""Read a Hugging Face model directory of any supported family (engine.model.families):
+config.json, *.safetensors (sharded or not), tokenizer."""
 
 from __future__ import annotations
 
@@ -8,28 +9,37 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from engine.model_source.arch import LlamaArchConfig
+from engine.model.families import FAMILIES, family_of
+from engine.model_source.arch import ArchConfig
 from engine.model_source.errors import ModelSourceError, reason
 from engine.model_source.layout import check_weights
 from engine.model_source.tokenizer import Tokenizer, read_json_object
 
 
-def read_hf_config(path: Path) -> LlamaArchConfig:
-    """The LlamaArchConfig of a directory's config.json; only LlamaForCausalLM is supported."""
+def read_hf_config(path: Path) -> ArchConfig:
+    """The ArchConfig of a directory's config.json, for any family in engine.model.families."""
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ModelSourceError(f"{path} has no config.json (not a Hugging Face model directory)")
     d = read_json_object(config_file)
     model_type, archs = d.get("model_type"), d.get("architectures") or []
-    if model_type != "llama" or (archs and "LlamaForCausalLM" not in archs):
+    try:
+        family = family_of(str(model_type))
+    except ValueError as e:
         what = archs[0] if archs else model_type
+        known = ", ".join(sorted(FAMILIES))
         raise ModelSourceError(
-            f"{path}: unsupported architecture {what!r} (only Llama is supported)"
+            f"{path}: unsupported architecture {what!r} (supported: {known})"
+        ) from e
+    if archs and family.architecture not in archs:
+        raise ModelSourceError(
+            f"{path}: unsupported architecture {archs[0]!r} for model_type {model_type!r} "
+            f"(expected {family.architecture})"
         )
     try:
-        return LlamaArchConfig.from_hf_dict(d)
+        return ArchConfig.from_hf_dict(d)
     except (KeyError, TypeError, ValueError) as e:
-        raise ModelSourceError(f"{config_file}: invalid Llama config: {reason(e)}") from e
+        raise ModelSourceError(f"{config_file}: invalid {model_type} config: {reason(e)}") from e
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -46,8 +56,8 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
-def read_hf_dir(path: Path) -> tuple[LlamaArchConfig, dict[str, torch.Tensor], Tokenizer]:
-    """Config, validated float32 weights and tokenizer of a Hugging Face Llama directory."""
+def read_hf_dir(path: Path) -> tuple[ArchConfig, dict[str, torch.Tensor], Tokenizer]:
+    """Config, validated float32 weights and tokenizer of a Hugging Face model directory."""
     config = read_hf_config(path)
     if not (path / "tokenizer.json").is_file():
         raise ModelSourceError(f"{path} has no tokenizer.json")

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from engine.model_source import cache
-from engine.model_source.arch import LlamaArchConfig
+from engine.model_source.arch import ArchConfig
 from engine.model_source.dummy import dummy_config, random_weights
 from engine.model_source.errors import ModelSourceError, reason
 from engine.model_source.gguf_source import GGUF_MAGIC, model_name, read_gguf
@@ -32,7 +32,7 @@ class ModelBundle:
 
     name: str
     """Display name, e.g. "SmolLM2-135M-Instruct" or "dummy:llama-1b"."""
-    config: LlamaArchConfig
+    config: ArchConfig
     weights: dict[str, torch.Tensor]
     """HF LlamaForCausalLM names, [out, in] shapes, float32, contiguous; lm_head only if untied."""
     tokenizer: Tokenizer
@@ -114,7 +114,7 @@ def _display_name(path: Path) -> str:
 
 def _load_path(
     path: Path, cache_dir: Path
-) -> tuple[LlamaArchConfig, dict[str, torch.Tensor], Tokenizer, bool]:
+) -> tuple[ArchConfig, dict[str, torch.Tensor], Tokenizer, bool]:
     """Dispatch a filesystem spec to the GGUF or Hugging Face directory reader."""
     if path.is_dir():
         return (*read_hf_dir(path), False)
@@ -134,7 +134,7 @@ def _load_path(
 
 def _load_gguf(
     path: Path, cache_dir: Path
-) -> tuple[LlamaArchConfig, dict[str, torch.Tensor], Tokenizer, bool]:
+) -> tuple[ArchConfig, dict[str, torch.Tensor], Tokenizer, bool]:
     """A GGUF from its cached conversion when there is one, else converted and cached."""
     entry = cache.entry_dir(cache_dir, path)
     if entry.is_dir():

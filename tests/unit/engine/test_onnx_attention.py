@@ -12,7 +12,7 @@ import torch
 
 from engine.backends.onnx_graph import INPUT_NAMES, StepGraph, export_float, sample_inputs
 from engine.model.attention import GatheredPoolAttention
-from engine.model.llama import LlamaModel
+from engine.model.decoder import DecoderModel
 from engine.model_source import ModelBundle, load_model
 
 BLOCK = 16
@@ -54,7 +54,7 @@ def step_inputs(
 
 
 def eager(bundle: ModelBundle, feeds: dict[str, np.ndarray], fused: bool) -> list[np.ndarray]:
-    model = LlamaModel(bundle.config, max_positions=256)
+    model = DecoderModel(bundle.config, max_positions=256)
     model.load_hf_weights(bundle.weights)
     with torch.inference_mode():
         out = StepGraph(model.eval(), fused)(*(torch.from_numpy(feeds[n]) for n in INPUT_NAMES))

@@ -86,8 +86,8 @@ def test_seed_makes_weights_reproducible(session_cache: Path) -> None:
         ("dummy:nope", "unknown dummy model 'nope'"),
         ("dummy:{not json", "not valid JSON"),
         ('dummy:{"vocab_size": 1000}', "smaller than the tokenizer"),
-        ('dummy:{"num_attention_heads": 5}', "invalid Llama config"),
-        ('dummy:{"model_type": "gpt2"}', "unsupported model_type 'gpt2'"),
+        ('dummy:{"num_attention_heads": 5}', "invalid llama config"),
+        ('dummy:{"model_type": "gpt2"}', "unsupported architecture 'gpt2'"),
     ],
 )
 def test_bad_dummy_specs(session_cache: Path, spec: str, message: str) -> None:
