@@ -48,6 +48,34 @@ PRESETS: dict[str, ArchConfig] = {
         num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=500000.0,
         max_position_embeddings=8192, tie_word_embeddings=False,
     ),
+    # Other families at their published shapes (for speed and memory figures).
+    "qwen2.5-0.5b": ArchConfig(
+        model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
+        num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, head_dim=64,
+        rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=32768,
+        tie_word_embeddings=True, attention_bias=True,
+    ),
+    "qwen3-0.6b": ArchConfig(
+        model_type="qwen3", vocab_size=151936, hidden_size=1024, intermediate_size=3072,
+        num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+        rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=40960,
+        tie_word_embeddings=True, qk_norm="head",
+    ),
+    "mistral-7b": ArchConfig(  # v0.1, with its 4,096-token sliding window
+        model_type="mistral", vocab_size=32000, hidden_size=4096, intermediate_size=14336,
+        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+        max_position_embeddings=32768, sliding_window=4096,
+    ),
+    "gemma3-270m": ArchConfig(
+        model_type="gemma3_text", vocab_size=262144, hidden_size=640, intermediate_size=2048,
+        num_hidden_layers=18, num_attention_heads=4, num_key_value_heads=1, head_dim=256,
+        rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=32768,
+        tie_word_embeddings=True, hidden_act="gelu_pytorch_tanh", qk_norm="head",
+        sandwich_norms=True, norm_weight_offset=1.0, scale_embeddings=True,
+        query_pre_attn_scalar=256, sliding_window=512, rope_local_theta=10000.0,
+        layer_types=tuple("full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
+                          for i in range(18)),
+    ),
     # Mixtures of experts, at their published shapes (for speed and memory figures).
     "mixtral-8x7b": ArchConfig(
         model_type="mixtral", vocab_size=32000, hidden_size=4096, intermediate_size=14336,

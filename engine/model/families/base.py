@@ -28,10 +28,18 @@ class Family:
     weight_names: tuple[tuple[str, str], ...] = ()
     """(checkpoint pattern, canonical replacement) pairs: names this family's checkpoints
     give weights that the canonical layout names otherwise."""
+    checkpoint_names: tuple[tuple[str, str], ...] = ()
+    """The same renames the other way: (canonical pattern, checkpoint replacement)."""
 
     def canonical_name(self, name: str) -> str:
         for pattern, canonical in self.weight_names:
             name = re.sub(pattern, canonical, name)
+        return name
+
+    def checkpoint_name(self, name: str) -> str:
+        """The name this family's Hugging Face checkpoints give a canonical weight."""
+        for pattern, theirs in self.checkpoint_names:
+            name = re.sub(pattern, theirs, name)
         return name
 
 
