@@ -92,6 +92,50 @@ class SchedulerConfig(BaseModel):
     policy: Literal["fcfs", "priority"] = Field("fcfs", description="admission order")
 
 
+class SpeculativeConfig(BaseModel):
+    """Speculative decoding without a draft model (engine/spec_decode): guessed tokens are
+    checked in the same batched step, and only tokens the model itself would produce are kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["off", "ngram", "suffix"] = Field(
+        "off",
+        description="ngram: continue a repeat of the request's own last tokens found earlier "
+        "in its prompt or output (prompt lookup); suffix: that, or a continuation seen in "
+        "recent outputs of all requests (a bounded suffix index); off",
+        json_schema_extra={"flag": "speculative"},
+    )
+    num_speculative_tokens: int = Field(
+        4, ge=1, le=16, description="most guessed tokens checked per sequence and step"
+    )
+    prompt_lookup_min: int = Field(
+        2, ge=1, description="shortest repeat of the last tokens that makes a guess"
+    )
+    prompt_lookup_max: int = Field(
+        5, ge=1, description="longest repeat of the last tokens looked for first"
+    )
+    disable_by_batch_size: int = Field(
+        4,
+        ge=0,
+        description="no speculation in steps with more running sequences than this, where the "
+        "batch alone keeps the CPU busy (bench/speculative.py measures the crossover); 0: "
+        "never turned off",
+        json_schema_extra={"flag": "speculative_disable_by_batch_size"},
+    )
+    suffix_max_tokens: int = Field(
+        65536,
+        ge=1024,
+        description="tokens of recent outputs the suffix index holds (oldest dropped first)",
+        json_schema_extra={"flag": "speculative_suffix_max_tokens"},
+    )
+
+    @model_validator(mode="after")
+    def _lookup_range(self) -> SpeculativeConfig:
+        if self.prompt_lookup_min > self.prompt_lookup_max:
+            raise ValueError("--prompt-lookup-min must not exceed --prompt-lookup-max")
+        return self
+
+
 class BackendConfig(BaseModel):
     """Which backend runs the model, on what, at what precision."""
 
@@ -153,6 +197,7 @@ class EngineConfig(BaseSettings):
     cache: CacheConfig = Field(default_factory=lambda: CacheConfig())
     scheduler: SchedulerConfig = Field(default_factory=lambda: SchedulerConfig())
     backend: BackendConfig = Field(default_factory=lambda: BackendConfig())
+    speculative: SpeculativeConfig = Field(default_factory=lambda: SpeculativeConfig())
 
 
 class ServerConfig(BaseModel):

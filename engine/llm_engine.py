@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -31,6 +31,7 @@ from engine.runner import ModelRunner
 from engine.sampler import Sampler
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
+from engine.spec_decode import SpecStats, Speculator, create_proposer
 from engine.structured_output import GrammarManager
 from engine.warmup import EngineCapacity, kv_pool_blocks, warm_up
 
@@ -47,6 +48,8 @@ class EngineStats:
     prefix_cache_queries: int
     prefix_cache_hits: int
     num_preemptions: int
+    spec: SpecStats | None = None
+    """Speculative decoding's totals (None when it is off)."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,9 @@ class LLMEngine:
             model_load_seconds=load_seconds,
         )
         self.kv = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
-        self.scheduler = Scheduler(sched, self.kv)
+        proposer = create_proposer(config.speculative)
+        self.speculator = Speculator(config.speculative, proposer) if proposer else None
+        self.scheduler = Scheduler(sched, self.kv, self.speculator)
         sampler = Sampler(torch.Generator().manual_seed(config.model.seed))
         self.runner = ModelRunner(self.backend, cache.block_size, sampler)
         self.outputs = OutputProcessor()
@@ -247,6 +252,12 @@ class LLMEngine:
             prefix_cache_queries=s.queries,
             prefix_cache_hits=s.hits,
             num_preemptions=self.scheduler.num_preemptions,
+            spec=replace(
+                self.speculator.stats,
+                accepted_per_position=list(self.speculator.stats.accepted_per_position),
+            )
+            if self.speculator
+            else None,
         )
 
     def generate(

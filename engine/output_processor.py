@@ -82,7 +82,15 @@ class OutputProcessor:
         # A token that ended the sequence by itself (EOS, a stop token id) stays out of the text.
         ended_by_token = seq.is_finished and seq.finish_reason is FinishReason.STOP
         feed = upd.new_token_ids[:-1] if ended_by_token else upd.new_token_ids
-        text = "".join(detok.add_token(t) for t in feed)
+        text = ""
+        for kept, token in enumerate(feed, 1):
+            text += detok.add_token(token)
+            if detok.stop_reason is not None and kept < len(upd.new_token_ids):
+                # A stop string ended the text before this step's last token (speculation
+                # emits several): the tokens after it were never generated.
+                seq.drop_last_tokens(len(upd.new_token_ids) - kept)
+                upd.new_token_ids = upd.new_token_ids[:kept]
+                break
         finish_reason, stop_reason = None, None
         if seq.is_finished:
             finish_reason, stop_reason = seq.finish_reason, seq.stop_reason

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -287,6 +288,17 @@ class Sampler:
             choice = _inverse_cdf_sample(x, uniforms[group])
             tokens[group] = choice if ids is None else ids.gather(-1, choice[:, None]).squeeze(-1)
         return tokens
+
+    def rewind(self, seq: Any, state: torch.Tensor, num_emitted: int) -> None:
+        """Put a speculating sequence's generator where decoding one token a step would have
+        left it: back to ``state``, then one draw per emitted token (when its rows sample at
+        random), so a seeded request gets the same tokens with speculation on or off."""
+        p = seq.params
+        if p.greedy or p.temperature < _MIN_TEMPERATURE:
+            return
+        seq.generator.set_state(state)
+        for _ in range(num_emitted):
+            torch.rand(1, generator=seq.generator, device=seq.generator.device)
 
     def _uniforms(self, generators: list[torch.Generator | None]) -> torch.Tensor:
         """One U[0, 1) draw per row on the CPU, each from its row's generator: [rows]."""

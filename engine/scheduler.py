@@ -12,6 +12,7 @@ from engine.api import FinishReason, QueueFullError, TokenLogprob
 from engine.config import SchedulerConfig
 from engine.kv_cache import KVCacheManager
 from engine.sequence import Sequence, SequenceStatus
+from engine.spec_decode.speculator import Speculator
 
 
 class SchedulingPolicy(str, enum.Enum):
@@ -23,17 +24,25 @@ class SchedulingPolicy(str, enum.Enum):
 
 @dataclass
 class ScheduledSequence:
-    """One sequence's share of a step: feed ``num_new_tokens`` tokens from ``start``."""
+    """One sequence's share of a step: feed ``num_new_tokens`` tokens from ``start``; a
+    speculating sequence's last ``len(guess)`` of them are guessed tokens to verify."""
 
     seq: Sequence
     start: int  # num_computed_tokens when scheduled
     num_new_tokens: int
     block_ids: list[int]
+    guess: list[int] = field(default_factory=list)
     samples: bool = field(init=False)
     """True when this chunk reaches the sequence's end, so a token is sampled."""
 
     def __post_init__(self) -> None:
-        self.samples = self.start + self.num_new_tokens == self.seq.num_tokens
+        self.samples = self.start + self.num_new_tokens == self.seq.num_tokens + len(self.guess)
+
+    @property
+    def token_ids(self) -> list[int]:
+        """The tokens this step feeds (the guess after the sequence's own)."""
+        own = self.seq.all_token_ids[self.start : self.start + self.num_new_tokens]
+        return own + self.guess if self.guess else own
 
 
 @dataclass
@@ -54,7 +63,8 @@ class SchedulerOutput:
 
 @dataclass
 class SampledToken:
-    """The runner's result for one sequence that reached its end this step."""
+    """The runner's result for one sequence that reached its end this step (a speculating
+    sequence has one per emitted token, in order)."""
 
     seq_id: int
     token_id: int
@@ -81,8 +91,11 @@ class SequenceUpdate:
 class Scheduler:
     """Continuous batching under a token budget, with chunked prefill and preemption."""
 
-    def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
+    def __init__(
+        self, config: SchedulerConfig, kv: KVCacheManager, speculator: Speculator | None = None
+    ) -> None:
         self.config = config
+        self.speculator = speculator
         self.policy = SchedulingPolicy(config.policy)
         self.kv = kv
         self.waiting: list[Sequence] = []
@@ -121,10 +134,21 @@ class Scheduler:
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
         now = time.monotonic()
+        speculate = self.speculator is not None and self.speculator.active(len(self.running))
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             n = self._chunk(seq.num_tokens - seq.num_computed_tokens, budget)
+            guess = self._guess(seq, n, budget) if speculate else []
+            if guess:
+                if self.kv.allocate_slots(seq, n + len(guess)) is not None:
+                    out.scheduled.append(
+                        ScheduledSequence(seq, seq.num_computed_tokens, n + len(guess), [], guess)
+                    )
+                    budget -= n + len(guess)
+                    i += 1
+                    continue
+                # No room for the guess: schedule the sequence's own token as usual.
             while self.kv.allocate_slots(seq, n) is None:
                 victim = self._pick_victim(i)
                 self._preempt(victim)
@@ -141,6 +165,11 @@ class Scheduler:
         for s in out.scheduled:
             s.block_ids = self.kv.block_ids(s.seq.seq_id)
         return out
+
+    def _guess(self, seq: Sequence, n: int, budget: int) -> list[int]:
+        """The speculator's guess for a decoding sequence (one token left to feed)."""
+        assert self.speculator is not None
+        return self.speculator.guess(seq, budget) if n == 1 else []
 
     def _chunk(self, remaining: int, budget: int) -> int:
         n = min(remaining, budget)
@@ -182,25 +211,43 @@ class Scheduler:
         self._enqueue(seq)
 
     def update(self, out: SchedulerOutput, result: RunnerOutput) -> list[SequenceUpdate]:
-        """Advance computed counts, append sampled tokens, finish what must stop."""
+        """Advance computed counts, append sampled tokens, finish what must stop. A speculating
+        sequence keeps the KV of its own token and of the guessed tokens it accepted; the
+        slots of rejected guesses are handed back."""
         now = time.monotonic()
-        for s in out.scheduled:
-            s.seq.num_computed_tokens += s.num_new_tokens
-        by_id = {s.seq.seq_id: s.seq for s in out.scheduled}
-        updates = []
+        sampled_by_seq: dict[int, list[SampledToken]] = {}
         for sampled in result.sampled:
-            seq = by_id[sampled.seq_id]
-            if seq.is_finished:
-                continue  # aborted while the step ran
+            sampled_by_seq.setdefault(sampled.seq_id, []).append(sampled)
+        updates = []
+        for s in out.scheduled:
+            seq = s.seq
+            seq.num_computed_tokens += s.num_new_tokens - len(s.guess)
+            emitted = sampled_by_seq.get(seq.seq_id, [])
+            if s.guess and not seq.is_finished:
+                accepted = len(emitted) - 1  # the emitted guesses' KV is in the cache
+                seq.num_computed_tokens += accepted
+                self.kv.trim(seq, seq.num_computed_tokens)
+                assert self.speculator is not None
+                self.speculator.verified(seq, len(s.guess), accepted)
+            if emitted and not seq.is_finished:  # not aborted while the step ran
+                updates.append(self._append(seq, emitted, now))
+        return updates
+
+    def _append(self, seq: Sequence, emitted: list[SampledToken], now: float) -> SequenceUpdate:
+        """Append a sequence's emitted tokens in order, up to the first that finishes it."""
+        new: list[int] = []
+        reason = None
+        for sampled in emitted:
             seq.append_token(sampled.token_id, sampled.logprob, now)
+            new.append(sampled.token_id)
             reason = seq.check_stop_token()
             if seq.grammar is not None and not seq.grammar.accept_token(sampled.token_id):
                 # no allowed token was left (e.g. the grammar's end suppressed by min_tokens)
                 reason = reason or FinishReason.STOP
             if reason is not None:
                 self.finish(seq, reason)
-            updates.append(SequenceUpdate(seq, [sampled.token_id], reason is not None))
-        return updates
+                break
+        return SequenceUpdate(seq, new, reason is not None)
 
     # ---- endings ---------------------------------------------------------
     def finish(
@@ -217,6 +264,8 @@ class Scheduler:
         elif seq in self.waiting:
             self.waiting.remove(seq)
         self.kv.free(seq)
+        if self.speculator is not None:
+            self.speculator.finished(seq, learn=reason is not FinishReason.ABORT)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
         seq.timings.finished = time.monotonic()

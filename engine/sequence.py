@@ -104,6 +104,15 @@ class Sequence:
         self.timings.last_token = now
         self.timings.token_times.append(now)
 
+    def drop_last_tokens(self, n: int) -> None:
+        """Forget the last n output tokens (emitted by a speculative step past a stop string,
+        so never part of the output); their KV is not reused, as the sequence is stopping."""
+        del self.output_token_ids[-n:]
+        del self.all_token_ids[-n:]
+        del self.timings.token_times[-n:]
+        if len(self.output_logprobs) > len(self.output_token_ids):
+            del self.output_logprobs[len(self.output_token_ids) :]
+
     def check_stop_token(self) -> FinishReason | None:
         """Finish reason implied by the newest token and the length limits, if any."""
         p = self.params

@@ -112,8 +112,22 @@ class KVCacheManager:
         state.hashes.extend(b.block_hash for b in hits if b.block_hash is not None)
         new_blocks = self.pool.allocate(max(need, 0))
         state.blocks.extend(new_blocks)
-        self._publish_full_blocks(seq, state, total)
+        # Slots past the sequence's own tokens hold guesses (speculative decoding): a block
+        # is published only once real tokens fill it.
+        self._publish_full_blocks(seq, state, min(total, seq.num_tokens))
         return KVCacheBlocks(tuple(new_blocks))
+
+    def trim(self, seq: Sequence, num_tokens: int) -> None:
+        """Hand back the blocks past the first ``num_tokens`` tokens (the slots of rejected
+        guesses); they were never published, so they go straight back to the pool."""
+        state = self._seqs.get(seq.seq_id)
+        if state is None:
+            return
+        keep = -(-num_tokens // self.block_size)
+        if len(state.blocks) > keep:
+            extra = state.blocks[keep:]
+            del state.blocks[keep:]
+            self.pool.free(reversed(extra))
 
     def _publish_full_blocks(self, seq: Sequence, state: _SeqBlocks, num_tokens: int) -> None:
         if not self.enable_prefix_caching:

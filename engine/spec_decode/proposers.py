@@ -1,0 +1,101 @@
+"""Proposers: where a guess of a sequence's next tokens comes from.
+
+NgramProposer is prompt lookup (vLLM's ``ngram``, llama.cpp's lookup decoding): find the
+sequence's last n tokens earlier in its own prompt and output, longest n first and the most
+recent occurrence, and guess the tokens that followed. SuffixProposer adds a bounded index
+over the recent outputs of every request (the SuffixDecoding idea), so an answer pattern seen
+before is guessed too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as Seq
+from typing import Protocol
+
+import numpy as np
+
+from engine.config import SpeculativeConfig
+from engine.spec_decode.suffix_index import SuffixIndex
+
+
+class Proposer(Protocol):
+    """Guesses up to ``k`` next tokens of a sequence from its tokens so far."""
+
+    def propose(self, tokens: Seq[int], k: int) -> list[int]:
+        """Up to k guessed tokens ([] when there is no guess)."""
+        ...
+
+    def observe(self, prompt: Seq[int], output: Seq[int]) -> None:
+        """A sequence finished with ``output``: remember it if this proposer learns."""
+        ...
+
+    def reset(self) -> None:
+        """Forget what was learnt (the model or its weights changed)."""
+        ...
+
+
+def find_continuation(tokens: np.ndarray, k: int, min_n: int, max_n: int) -> tuple[list[int], int]:
+    """(the k tokens after the most recent earlier occurrence of the longest suffix of
+    ``tokens`` of min_n..max_n tokens, that suffix's length); ([], 0) when none recurs."""
+    total = len(tokens)
+    for n in range(min(max_n, total - 1), min_n - 1, -1):
+        suffix = tokens[total - n :]
+        # Windows starting at 0 .. total - n - 1: never the suffix itself.
+        windows = np.lib.stride_tricks.sliding_window_view(tokens[: total - 1], n)
+        hits = np.flatnonzero((windows == suffix).all(axis=1))
+        if hits.size:
+            start = int(hits[-1]) + n
+            return tokens[start : start + k].tolist(), n
+    return [], 0
+
+
+class NgramProposer:
+    """Prompt lookup over the sequence's own tokens."""
+
+    def __init__(self, min_n: int, max_n: int) -> None:
+        self.min_n, self.max_n = min_n, max_n
+
+    def propose(self, tokens: Seq[int], k: int) -> list[int]:
+        guess, _ = find_continuation(np.asarray(tokens, dtype=np.int64), k, self.min_n, self.max_n)
+        return guess
+
+    def observe(self, prompt: Seq[int], output: Seq[int]) -> None:
+        return None
+
+    def reset(self) -> None:
+        return None
+
+
+class SuffixProposer:
+    """The sequence's own tokens, or recent outputs of every request: whichever continues the
+    longer suffix (the sequence's own on a tie)."""
+
+    def __init__(self, min_n: int, max_n: int, max_tokens: int) -> None:
+        self.min_n, self.max_n = min_n, max_n
+        self.index = SuffixIndex(min_n, max_n, max_tokens)
+
+    def propose(self, tokens: Seq[int], k: int) -> list[int]:
+        own, own_n = find_continuation(
+            np.asarray(tokens, dtype=np.int64), k, self.min_n, self.max_n
+        )
+        seen, seen_n = self.index.continuation(tokens, k)
+        return seen if seen_n > own_n else own
+
+    def observe(self, prompt: Seq[int], output: Seq[int]) -> None:
+        # The last prompt tokens lead into the output: keep them so the output's first tokens
+        # can be guessed from them.
+        self.index.add([*prompt[-self.max_n :], *output])
+
+    def reset(self) -> None:
+        self.index.clear()
+
+
+def create_proposer(config: SpeculativeConfig) -> Proposer | None:
+    """The configured proposer, or None when speculation is off."""
+    if config.method == "ngram":
+        return NgramProposer(config.prompt_lookup_min, config.prompt_lookup_max)
+    if config.method == "suffix":
+        return SuffixProposer(
+            config.prompt_lookup_min, config.prompt_lookup_max, config.suffix_max_tokens
+        )
+    return None
