@@ -140,15 +140,14 @@ class Scheduler:
             seq = self.running[i]
             n = self._chunk(seq.num_tokens - seq.num_computed_tokens, budget)
             guess = self._guess(seq, n, budget) if speculate else []
-            if guess:
-                if self.kv.allocate_slots(seq, n + len(guess)) is not None:
-                    out.scheduled.append(
-                        ScheduledSequence(seq, seq.num_computed_tokens, n + len(guess), [], guess)
-                    )
-                    budget -= n + len(guess)
-                    i += 1
-                    continue
-                # No room for the guess: schedule the sequence's own token as usual.
+            # Without room for the guess, the sequence's own token is scheduled as usual.
+            if guess and self.kv.allocate_slots(seq, n + len(guess)) is not None:
+                out.scheduled.append(
+                    ScheduledSequence(seq, seq.num_computed_tokens, n + len(guess), [], guess)
+                )
+                budget -= n + len(guess)
+                i += 1
+                continue
             while self.kv.allocate_slots(seq, n) is None:
                 victim = self._pick_victim(i)
                 self._preempt(victim)
