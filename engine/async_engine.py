@@ -130,13 +130,19 @@ class AsyncEngine:
     def render(self, prompt: Prompt) -> str | Seq[int]:
         """The prompt as the engine takes it: chat messages through the model's template.
 
-        Raises InvalidRequestError for an empty conversation, jinja2.TemplateError for a
-        template the messages break.
+        Raises InvalidRequestError for an empty conversation or a model without a chat
+        template, jinja2.TemplateError for a template the messages break.
         """
         if not isinstance(prompt, ChatPrompt):
             return prompt
         if not prompt.messages:
             raise InvalidRequestError("the chat prompt has no messages")
+        if self.engine.tokenizer.chat_template is None:
+            raise InvalidRequestError(
+                f"model {self.engine.bundle.name} has no chat template (a base model): use "
+                "/v1/completions, or start the server with --chat-template FILE (a Jinja "
+                "chat template)"
+            )
         return self.engine.tokenizer.apply_chat_template(
             prompt.messages, prompt.add_generation_prompt
         )

@@ -36,9 +36,14 @@ class ModelConfig(BaseModel):
 
     path: str = Field(
         "",
-        description="GGUF file, Hugging Face directory, or dummy:<preset|json>; "
-        "empty means the bundled SmolLM2-135M-Instruct",
+        description="GGUF file, Hugging Face directory, a packaged model's name "
+        "(gemma3-270m), or dummy:<preset|json>; empty means the bundled SmolLM2-135M-Instruct",
         json_schema_extra={"flag": "model"},
+    )
+    chat_template: Path | None = Field(
+        None,
+        description="Jinja chat template file used instead of the model's own (a base model "
+        "without one serves chat completions only with this)",
     )
     cache_dir: Path | None = Field(
         None, description="where converted weights are cached (default ~/.cache/tessera)"
@@ -51,6 +56,13 @@ class ModelConfig(BaseModel):
     max_model_len: int | None = Field(
         None, ge=16, description="context length cap (default: the model's own)"
     )
+
+    @field_validator("chat_template")
+    @classmethod
+    def _readable(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.expanduser().is_file():
+            raise ValueError(f"{v} is not a readable file")
+        return v if v is None else v.expanduser()
 
 
 class CacheConfig(BaseModel):

@@ -25,6 +25,7 @@ from engine.detokenizer import IncrementalDetokenizer
 from engine.kv_cache import KVCacheManager
 from engine.model_source import ModelBundle, load_model
 from engine.model_source.cache import default_cache_dir
+from engine.model_source.tokenizer import read_chat_template
 from engine.output_processor import OutputProcessor, RequestState
 from engine.progress import Progress
 from engine.runner import ModelRunner
@@ -67,11 +68,16 @@ class LLMEngine:
     def __init__(self, config: EngineConfig, bundle: ModelBundle | None = None) -> None:
         self.config = config
         t0 = time.perf_counter()
+        # Read first: a bad template file fails at once, not after minutes of loading.
+        template = config.model.chat_template
+        template_text = read_chat_template(template) if template is not None else None
         self.bundle = bundle or load_model(
             config.model.path or None, config.model.cache_dir, seed=config.model.seed
         )
         load_seconds = time.perf_counter() - t0 if bundle is None else bundle.load_seconds
         self.tokenizer = self.bundle.tokenizer
+        if template_text is not None:
+            self.tokenizer = self.tokenizer.with_chat_template(template_text)
         arch = self.bundle.config
         self.max_model_len = min(
             arch.max_position_embeddings, config.model.max_model_len or arch.max_position_embeddings

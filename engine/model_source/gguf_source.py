@@ -1,12 +1,14 @@
-"""Read a llama.cpp GGUF file: its config, its weights dequantized to float32, its tokenizer.
+"""Read a llama.cpp GGUF file (llama, Llama-MoE, qwen2, gemma3): its config, its weights
+dequantized to float32, its tokenizer.
 
-Weights come out under Hugging Face names with llama.cpp's Q/K row permutation undone, so the
-result equals what transformers loads from the same file.
+Weights come out under the canonical Hugging Face names (engine/model_source/layout.py) and
+conventions, so the result equals what transformers loads from the same file: llama's Q/K row
+permutation undone, Gemma's norm gains stored as 1 + w given back as w, stacked expert tensors
+split per expert.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,8 @@ import torch
 
 from engine.model_source.arch import ArchConfig
 from engine.model_source.errors import ModelSourceError, reason
-from engine.model_source.layout import check_weights
+from engine.model_source.gguf_config import ROPE_FREQS, meta, read_config
+from engine.model_source.layout import check_weights, is_norm
 from engine.model_source.tokenizer import Tokenizer
 from engine.progress import Progress
 
@@ -30,7 +33,6 @@ _GLOBAL_NAMES = {
 }
 _LAYER_NAMES = {
     "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
     "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj",
     "attn_v": "self_attn.v_proj",
@@ -38,10 +40,27 @@ _LAYER_NAMES = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+    "ffn_gate_inp": "mlp.gate",  # the router of a mixture of experts
 }
-_LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
-# llama.cpp's converter stores Llama 3.1+ RoPE scaling only as this tensor of per-pair divisors.
-_ROPE_FREQS = "rope_freqs.weight"
+# ffn_norm is the one norm before the MLP in Llama and Qwen2, but the third of Gemma 3's four.
+_ARCH_LAYER_NAMES = {
+    "llama": {"ffn_norm": "post_attention_layernorm"},
+    "qwen2": {"ffn_norm": "post_attention_layernorm"},
+    "gemma3": {
+        "attn_q_norm": "self_attn.q_norm",
+        "attn_k_norm": "self_attn.k_norm",
+        "post_attention_norm": "post_attention_layernorm",
+        "ffn_norm": "pre_feedforward_layernorm",
+        "post_ffw_norm": "post_feedforward_layernorm",
+    },
+}
+_LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+# A mixture of experts' weights, stacked: [experts, out, in] once read.
+_EXPERT_TENSOR = re.compile(r"blk\.(\d+)\.ffn_(gate|up|down)_exps\.weight")
+# Architectures with q/k/v biases: elsewhere a bias tensor is not part of the model.
+_BIASED = frozenset({"qwen2"})
+# llama.cpp's converter stores the norm gains of these architectures as 1 + w.
+_NORMS_PLUS_ONE = frozenset({"gemma3"})
 _QUANT_SUFFIX = re.compile(r"[.-](I?Q\d\w*|[BF]F?16|F32)$", re.IGNORECASE)
 
 
@@ -51,14 +70,30 @@ def model_name(path: Path) -> str:
     return _QUANT_SUFFIX.sub("", path.stem) or path.stem
 
 
-def hf_name(gguf_name: str) -> str | None:
-    """The Hugging Face name of a llama GGUF tensor, or None when it has no counterpart."""
+def hf_name(gguf_name: str, arch: str = "llama") -> str | None:
+    """The Hugging Face name of a GGUF tensor of architecture `arch`, or None when it has no
+    single counterpart (stacked experts: see split_experts)."""
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
     m = _LAYER_TENSOR.fullmatch(gguf_name)
-    if m and m.group(2) in _LAYER_NAMES:
-        return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.weight"
-    return None
+    if m is None:
+        return None
+    layer, short, kind = m.groups()
+    if kind == "bias" and arch not in _BIASED:
+        return None
+    names = _ARCH_LAYER_NAMES.get(arch, {})
+    hf = names.get(short) or _LAYER_NAMES.get(short)
+    return None if hf is None else f"model.layers.{layer}.{hf}.{kind}"
+
+
+def split_experts(gguf_name: str, w: np.ndarray) -> dict[str, np.ndarray]:
+    """A stacked expert tensor [experts, out, in] as one HF weight per expert; {} when
+    `gguf_name` is not one."""
+    m = _EXPERT_TENSOR.fullmatch(gguf_name)
+    if m is None:
+        return {}
+    layer, proj = m.groups()
+    return {f"model.layers.{layer}.mlp.experts.{e}.{proj}_proj.weight": w[e] for e in range(len(w))}
 
 
 def reverse_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -82,127 +117,38 @@ def open_gguf(path: Path) -> Any:
         raise ModelSourceError(f"{path} is truncated or corrupt: {reason(e)}") from e
 
 
-def _meta(reader: Any, key: str, default: Any = None) -> Any:
-    field = reader.fields.get(key)
-    return default if field is None else field.contents()
-
-
-def read_config(reader: Any, path: Path) -> ArchConfig:
-    """The architecture from GGUF metadata (llama.* keys, token ids, tied when no output.weight)."""
-    arch = _meta(reader, "general.architecture")
-    if arch != "llama":
-        raise ModelSourceError(
-            f"{path}: unsupported architecture {arch!r} (only 'llama' is supported)"
-        )
-
-    def need(key: str) -> Any:
-        value = _meta(reader, f"llama.{key}")
-        if value is None:
-            raise ModelSourceError(f"{path}: GGUF metadata lacks 'llama.{key}'")
-        if isinstance(value, list):  # per-layer values (e.g. varying head counts)
-            raise ModelSourceError(f"{path}: per-layer 'llama.{key}' is not supported")
-        return value
-
-    heads, hidden = int(need("attention.head_count")), int(need("embedding_length"))
-    head_dim = _meta(reader, "llama.attention.key_length") or _meta(
-        reader, "llama.rope.dimension_count", hidden // heads
-    )
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    vocab = _meta(reader, "llama.vocab_size") or (len(tokens.data) if tokens else None)
-    if vocab is None:
-        raise ModelSourceError(f"{path}: GGUF has neither llama.vocab_size nor a token list")
-    eos = [_meta(reader, f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
-    names = {t.name for t in reader.tensors}
-    theta = float(_meta(reader, "llama.rope.freq_base", 10000.0))
-    return ArchConfig(
-        vocab_size=int(vocab),
-        hidden_size=hidden,
-        intermediate_size=int(need("feed_forward_length")),
-        num_hidden_layers=int(need("block_count")),
-        num_attention_heads=heads,
-        num_key_value_heads=int(_meta(reader, "llama.attention.head_count_kv", heads)),
-        head_dim=int(head_dim),
-        rms_norm_eps=float(need("attention.layer_norm_rms_epsilon")),
-        rope_theta=theta,
-        rope_scaling=_rope_scaling(reader, path, theta, int(head_dim)),
-        max_position_embeddings=int(_meta(reader, "llama.context_length", 2048)),
-        tie_word_embeddings="output.weight" not in names,
-        bos_token_id=_meta(reader, "tokenizer.ggml.bos_token_id"),
-        eos_token_ids=tuple(dict.fromkeys(int(i) for i in eos if i is not None)),
-    )
-
-
-def _rope_scaling(reader: Any, path: Path, theta: float, head_dim: int) -> dict[str, Any] | None:
-    """HF rope_scaling from llama.rope.scaling.* keys, or recovered from a rope_freqs tensor."""
-    kind = _meta(reader, "llama.rope.scaling.type")
-    factor = _meta(reader, "llama.rope.scaling.factor")
-    if kind in ("linear", "yarn") and factor:
-        scaling: dict[str, Any] = {"rope_type": kind, "factor": float(factor)}
-        original = _meta(reader, "llama.rope.scaling.original_context_length")
-        if original:
-            scaling["original_max_position_embeddings"] = int(original)
-        return scaling
-    freqs = next((t for t in reader.tensors if t.name == _ROPE_FREQS), None)
-    if freqs is None:
-        return None
-    found = np.asarray(freqs.data, dtype=np.float64).reshape(-1)
-    # Every Llama 3.x release uses these band edges; only the factor varies, so try it and
-    # accept it only if it reproduces the stored divisors.
-    scaling = {
-        "rope_type": "llama3",
-        "factor": float(found.max()),
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192,
-    }
-    if not np.allclose(llama3_rope_divisors(scaling, theta, head_dim), found, rtol=1e-4):
-        raise ModelSourceError(f"{path}: rope_freqs tensor does not match llama3 RoPE scaling")
-    return scaling
-
-
-def llama3_rope_divisors(scaling: dict[str, Any], theta: float, head_dim: int) -> np.ndarray:
-    """The per-frequency divisors llama.cpp stores as rope_freqs for llama3 RoPE scaling."""
-    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
-    old_len = scaling["original_max_position_embeddings"]
-    out = []
-    for i in range(0, head_dim, 2):
-        wavelen = 2 * math.pi * theta ** (i / head_dim)
-        if wavelen < old_len / high:
-            out.append(1.0)
-        elif wavelen > old_len / low:
-            out.append(factor)
-        else:
-            smooth = (old_len / wavelen - low) / (high - low)
-            out.append(1 / ((1 - smooth) / factor + smooth))
-    return np.array(out)
-
-
 def read_weights(
     reader: Any, config: ArchConfig, path: Path, progress: Progress | None = None
 ) -> dict[str, torch.Tensor]:
-    """All tensors dequantized to float32 [out, in] under HF names, Q/K permutation undone."""
+    """All tensors dequantized to float32 [out, in] under canonical HF names and conventions."""
     from gguf.quants import dequantize
 
+    arch = meta(reader, "general.architecture")
     weights: dict[str, torch.Tensor] = {}
     for t in reader.tensors:
         if progress is not None:
             progress.advance()
-        if t.name == _ROPE_FREQS:  # already folded into config.rope_scaling
+        if t.name == ROPE_FREQS:  # already folded into config.rope_scaling
             continue
-        name = hf_name(t.name)
-        if name is None:
-            raise ModelSourceError(f"{path}: unsupported tensor '{t.name}' in a llama GGUF")
+        name = hf_name(t.name, arch)
+        if name is None and _EXPERT_TENSOR.fullmatch(t.name) is None:
+            raise ModelSourceError(f"{path}: unsupported tensor '{t.name}' in a {arch} GGUF")
         try:
             w = dequantize(t.data, t.tensor_type)
         except Exception as e:  # unknown quant types raise NotImplementedError
             raise ModelSourceError(f"{path}: cannot dequantize '{t.name}': {reason(e)}") from e
-        if ".attn_q." in t.name:
+        if arch == "llama" and ".attn_q." in t.name:
             w = reverse_permute(w, config.num_attention_heads)
-        elif ".attn_k." in t.name:
+        elif arch == "llama" and ".attn_k." in t.name:
             w = reverse_permute(w, config.num_key_value_heads)
+        if arch in _NORMS_PLUS_ONE and name is not None and is_norm(name):
+            w = w - np.float32(1.0)
         # F32 tensors come back as read-only views of the memory-mapped file: copy those.
         own = w.flags.writeable and not isinstance(w, np.memmap)
-        weights[name] = torch.from_numpy(np.ascontiguousarray(w if own else np.array(w)))
+        w = w if own else np.array(w)
+        parts = {name: w} if name is not None else split_experts(t.name, w)
+        for part, value in parts.items():
+            weights[part] = torch.from_numpy(np.ascontiguousarray(value))
     return check_weights(weights, config, str(path))
 
 
@@ -232,12 +178,10 @@ def read_tokenizer(path: Path, config: ArchConfig) -> Tokenizer:
 
 
 def read_gguf(path: Path) -> tuple[ArchConfig, dict[str, torch.Tensor], Tokenizer]:
-    """Config, float32 weights and tokenizer of a llama GGUF file."""
+    """Config, float32 weights and tokenizer of a GGUF file (gguf_config names the
+    architectures it may hold)."""
     reader = open_gguf(path)
-    try:
-        config = read_config(reader, path)
-    except (TypeError, ValueError) as e:  # e.g. heads not a multiple of kv heads
-        raise ModelSourceError(f"{path}: invalid llama metadata: {reason(e)}") from e
+    config = read_config(reader, path)
     what = f"converting {path.name}: dequantizing weights, then the tokenizer"
     with Progress(what, total=len(reader.tensors) + 1, one_time=True) as progress:
         weights = read_weights(reader, config, path, progress)

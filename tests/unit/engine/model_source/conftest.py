@@ -73,6 +73,22 @@ def _q6_k_blocks(rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
     return blocks.reshape(rows, -1)
 
 
+def add_tiny_tokenizer(w: Any) -> int:
+    """Write the tiny byte-level BPE tokenizer (bos 1, eos 2) into GGUFWriter `w`; returns
+    its vocabulary size."""
+    tokens = _tiny_tokens()
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("smollm")
+    w.add_token_list(tokens)
+    w.add_token_types([3] * len(TINY_SPECIALS) + [1] * (len(tokens) - len(TINY_SPECIALS)))
+    w.add_token_merges(TINY_MERGES)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(False)
+    return len(tokens)
+
+
 def write_tiny_gguf(path: Path, skip: frozenset[str] = frozenset()) -> TinyGGUF:
     """Write the tiny model, leaving out the GGUF tensors named in `skip`; q/k are stored
     permuted, as llama.cpp's converter does."""
@@ -80,7 +96,7 @@ def write_tiny_gguf(path: Path, skip: frozenset[str] = frozenset()) -> TinyGGUF:
 
     rng = np.random.default_rng(7)
     q_t = gguf.GGMLQuantizationType
-    tokens = _tiny_tokens()
+    vocab = len(_tiny_tokens())
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("tiny test")
     w.add_context_length(256)
@@ -92,18 +108,10 @@ def write_tiny_gguf(path: Path, skip: frozenset[str] = frozenset()) -> TinyGGUF:
     w.add_rope_dimension_count(TINY_HEAD_DIM)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(10000.0)
-    w.add_vocab_size(len(tokens))
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("smollm")
-    w.add_token_list(tokens)
-    w.add_token_types([3] * len(TINY_SPECIALS) + [1] * (len(tokens) - len(TINY_SPECIALS)))
-    w.add_token_merges(TINY_MERGES)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(False)
+    add_tiny_tokenizer(w)
     w.add_chat_template(TINY_CHAT_TEMPLATE)
 
-    v, h, i = len(tokens), TINY_HIDDEN, TINY_INTER
+    v, h, i = vocab, TINY_HIDDEN, TINY_INTER
     q_rows, kv_rows = TINY_HEADS * TINY_HEAD_DIM, TINY_KV_HEADS * TINY_HEAD_DIM
     plan: list[tuple[str, str, tuple[int, ...], Any]] = [
         ("token_embd.weight", "model.embed_tokens.weight", (v, h), q_t.Q8_0),
