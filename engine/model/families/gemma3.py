@@ -35,10 +35,13 @@ def _read(d: dict[str, Any]) -> dict[str, Any]:
 
 def _write(config: ArchConfig) -> dict[str, Any]:
     full: dict[str, Any] = {"rope_type": "default", **(config.rope_scaling or {})}
+    scalar = config.query_pre_attn_scalar
+    if scalar is not None and float(scalar).is_integer():
+        scalar = int(scalar)  # transformers checks the type: an int in every published config
     return {
         "hidden_activation": config.hidden_act,
         "attention_bias": config.attention_bias,
-        "query_pre_attn_scalar": config.query_pre_attn_scalar,
+        "query_pre_attn_scalar": scalar,
         "sliding_window": config.sliding_window,
         "layer_types": list(config.layer_types),
         "rope_parameters": {
