@@ -289,7 +289,8 @@ class GatheredPoolAttention:
         shared["out"] = torch.cat([b, torch.tensor([kvh, g, -1, hd])])  # [B, kvh, g, Q, hd]
         num_past = self.block_tables.shape[1] * self.pool.shape[1]
         num_new = q.shape[0] // self.block_tables.shape[0]
-        for window in set(self.windows):  # one mask per distinct window, shared by its layers
+        # One mask per distinct window, shared by its layers (in layer order: a stable export).
+        for window in dict.fromkeys(self.windows):
             shared[f"mask-{window}"] = self._additive_mask(num_new, num_past, window)
         return shared
 
