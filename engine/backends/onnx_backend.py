@@ -77,7 +77,8 @@ class OnnxOptions(BackendOptions):
 
 @register_backend("onnx")
 class OnnxBackend(Backend):
-    """The step graph under ONNX Runtime; INT8 = dynamic on CPU, static QDQ for TensorRT."""
+    """The step graph under ONNX Runtime; INT8 = dynamic on CPU, static QDQ for TensorRT.
+    Serves every dense family; refuses mixture-of-experts models (ValueError)."""
 
     forced_provider: str | None = None
     options: OnnxOptions
@@ -102,6 +103,13 @@ class OnnxBackend(Backend):
 
     def __init__(self, bundle: ModelBundle, options: OnnxOptions) -> None:
         super().__init__(bundle, options)
+        if bundle.config.num_experts:
+            # The step graph would trace the experts a sample batch happens to pick (the
+            # mixture's Python loop), not routing: refused before any export is attempted.
+            raise ValueError(
+                f"backend {self.name} does not support mixture-of-experts models yet; "
+                "use --backend torch"
+            )
         import onnxruntime as ort
 
         if options.quantization not in ("none", "int8"):

@@ -42,7 +42,7 @@ from engine.progress import Progress
 log = logging.getLogger(__name__)
 
 # Bump when the graph contract or the export changes: older artifacts stop matching.
-GRAPH_VERSION = 8
+GRAPH_VERSION = 9  # 9: attention scale and sliding windows per layer (model families)
 OPSET = 17
 INPUT_NAMES = ["token_ids", "positions", "past_lens", "block_tables", "logits_indices", "kv_pool"]
 OUTPUT_NAMES = ["logits", "new_kv"]

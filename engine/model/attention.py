@@ -234,7 +234,9 @@ class GatheredPoolAttention:
 
     ``fused`` exports attention as ONNX Runtime's GroupQueryAttention (CPU: one kernel for
     scores, mask, softmax and values, instead of a dozen nodes and copies); without it, as
-    plain ONNX ops any provider runs (CUDA's GroupQueryAttention is fp16/bf16 only).
+    plain ONNX ops any provider runs (CUDA's GroupQueryAttention is fp16/bf16 only). Both
+    scale scores by the config's attention_scale, and a sliding layer (cfg.window) attends
+    to its window's last keys only, as PagedAttention does.
 
     Head counts and sizes come from the config as plain ints, and the shapes that depend
     on the batch (B, Q, P) are made once per graph and shared by every layer: each size
@@ -257,6 +259,8 @@ class GatheredPoolAttention:
         self.kvh, self.hd = cfg.num_key_value_heads, cfg.head_dim
         self.heads = cfg.num_attention_heads
         self.group = self.heads // self.kvh
+        self.scale = cfg.attention_scale
+        self.windows = [cfg.window(layer) for layer in range(cfg.num_hidden_layers)]
         self.blocks_per_pool = pool.shape[0] // (2 * cfg.num_hidden_layers * self.kvh)
         self.new_kv: list[torch.Tensor] = []
         self._shared: dict[str, torch.Tensor] | None = None
@@ -284,14 +288,17 @@ class GatheredPoolAttention:
         shared["qt"] = torch.cat([b, torch.tensor([kvh, hd, -1])])  # [B, kvh, hd, g * Q]
         shared["out"] = torch.cat([b, torch.tensor([kvh, g, -1, hd])])  # [B, kvh, g, Q, hd]
         num_past = self.block_tables.shape[1] * self.pool.shape[1]
-        shared["mask"] = self._additive_mask(q.shape[0] // self.block_tables.shape[0], num_past)
+        num_new = q.shape[0] // self.block_tables.shape[0]
+        # One mask per distinct window, shared by its layers (in layer order: a stable export).
+        for window in dict.fromkeys(self.windows):
+            shared[f"mask-{window}"] = self._additive_mask(num_new, num_past, window)
         return shared
 
-    def _additive_mask(self, num_new: int, num_past: int) -> torch.Tensor:
+    def _additive_mask(self, num_new: int, num_past: int, window: int | None) -> torch.Tensor:
         # Plain ints here; under tracing they are recorded as the inputs' dynamic sizes.
         # [B, 1, g * Q, P + Q]: cached keys up to past_len, new keys causally; the rows are
         # the query heads of one KV head (g-major), then the Q new tokens.
-        allowed = _allowed(self.past_lens, num_past, num_new)  # [B, Q, P + Q]
+        allowed = _allowed(self.past_lens, num_past, num_new, window)  # [B, Q, P + Q]
         zero = torch.zeros((), dtype=self.pool.dtype)
         neg = torch.full((), torch.finfo(self.pool.dtype).min, dtype=self.pool.dtype)
         return torch.where(allowed, zero, neg).repeat(1, self.group, 1)[:, None]
@@ -318,6 +325,8 @@ class GatheredPoolAttention:
                 s["total_len"],
                 self.heads,
                 self.kvh,
+                self.windows[layer],
+                self.scale,
             )  # [B, Q, heads * hd]
             return out.reshape(-1, self.heads, self.hd)
         new_k = reshape_from_tensor_shape(k, s["seq"]).transpose(1, 2)  # [B, kvh, Q, hd]
@@ -329,26 +338,38 @@ class GatheredPoolAttention:
         # would be a strided transpose costing more than the attention matmuls.
         qb = reshape_from_tensor_shape(q, s["q"])  # [B, Q, kvh, g, hd]
         qt = reshape_from_tensor_shape(qb.permute(0, 2, 4, 3, 1), s["qt"])  # [B, kvh, hd, gQ]
-        scores = torch.matmul(keys, qt).transpose(2, 3) * self.hd**-0.5  # [B, kvh, gQ, P+Q]
-        probs = torch.softmax(scores + s["mask"], dim=-1)
+        scores = torch.matmul(keys, qt).transpose(2, 3) * self.scale  # [B, kvh, gQ, P + Q]
+        probs = torch.softmax(scores + s[f"mask-{self.windows[layer]}"], dim=-1)
         out = reshape_from_tensor_shape(torch.matmul(probs, values), s["out"])  # [B,kvh,g,Q,hd]
         return out.permute(0, 3, 1, 2, 4).reshape(-1, self.heads, self.hd)
 
 
-def _allowed(past_lens: torch.Tensor, num_past: int, num_new: int) -> torch.Tensor:
+def _allowed(
+    past_lens: torch.Tensor, num_past: int, num_new: int, window: int | None = None
+) -> torch.Tensor:
     """[B, Q, P + Q] True where a new token may attend: cached keys up to each sequence's
-    past length, new keys causally."""
-    causal = torch.arange(num_new).unsqueeze(0) <= torch.arange(num_new).unsqueeze(1)  # [Q, Q]
-    past = torch.arange(num_past).unsqueeze(0) < past_lens.unsqueeze(1)  # [B, P]
+    past length, new keys causally; with a ``window``, only keys less than ``window``
+    positions back (the query itself and window - 1 before it, as Hugging Face slides)."""
+    new = torch.arange(num_new)
+    causal = new.unsqueeze(0) <= new.unsqueeze(1)  # [Q, Q] query row, key column
+    key = torch.arange(num_past)
     b = past_lens.shape[0]
-    return torch.cat([past.unsqueeze(1).expand(b, num_new, -1), causal.expand(b, -1, -1)], dim=2)
+    past = (key.unsqueeze(0) < past_lens.unsqueeze(1)).unsqueeze(1).expand(b, num_new, -1)
+    if window is not None:
+        # Key j of the past sits at position j, new token i at past_len + i.
+        newest = past_lens.view(-1, 1, 1) + new.view(1, -1, 1)  # [B, Q, 1] query positions
+        past = past & (key.view(1, 1, -1) > newest - window)  # [B, Q, P]
+        causal = causal & (new.unsqueeze(0) > new.unsqueeze(1) - window)
+    return torch.cat([past, causal.expand(b, -1, -1)], dim=2)
 
 
 class GroupQueryAttention(torch.autograd.Function):
     """ONNX Runtime's com.microsoft GroupQueryAttention over a right-padded past (what the
     export emits), computed here in plain torch with the op's semantics: q [B, Q, H * hd],
     k/v [B, Q, kvh * hd], past [B, kvh, P, hd] of which the first seqlens_k + 1 - Q rows
-    per sequence are real, total_len = P + Q. Checked against ONNX Runtime in the tests."""
+    per sequence are real, total_len = P + Q. ``window`` is the op's local_window_size (a
+    query sees itself and window - 1 keys before it; None: -1, no window) and ``scale`` its
+    scale. Checked against ONNX Runtime in the tests."""
 
     @staticmethod
     def forward(
@@ -362,6 +383,8 @@ class GroupQueryAttention(torch.autograd.Function):
         total_len: torch.Tensor,
         num_heads: int,
         kv_heads: int,
+        window: int | None,
+        scale: float,
     ) -> torch.Tensor:
         b, num_new, _ = q.shape
         hd = past_k.shape[-1]
@@ -370,21 +393,23 @@ class GroupQueryAttention(torch.autograd.Function):
         keys = torch.cat([past_k, k.view(b, num_new, kv_heads, hd).transpose(1, 2)], dim=2)
         values = torch.cat([past_v, v.view(b, num_new, kv_heads, hd).transpose(1, 2)], dim=2)
         qh = q.view(b, num_new, kv_heads, g, hd).permute(0, 2, 3, 1, 4)  # [B, kvh, g, Q, hd]
-        scores = qh @ keys.unsqueeze(2).transpose(-1, -2) * hd**-0.5  # [B, kvh, g, Q, P+Q]
-        allowed = _allowed(past_lens, past_k.shape[2], num_new)[:, None, None]
+        scores = qh @ keys.unsqueeze(2).transpose(-1, -2) * scale  # [B, kvh, g, Q, P + Q]
+        allowed = _allowed(past_lens, past_k.shape[2], num_new, window)[:, None, None]
         probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
         out = probs @ values.unsqueeze(2)  # [B, kvh, g, Q, hd]
         return out.permute(0, 3, 1, 2, 4).reshape(b, num_new, num_heads * hd)
 
     @staticmethod
     def symbolic(g: Any, *inputs: Any) -> Any:
-        """The ONNX node: the seven tensors, then the two head counts as attributes."""
-        *tensors, num_heads, kv_heads = inputs
+        """The ONNX node: the seven tensors, then head counts, window and scale as attributes."""
+        *tensors, num_heads, kv_heads, window, scale = inputs
         out, _, _ = g.op(
             "com.microsoft::GroupQueryAttention",
             *tensors,
             num_heads_i=num_heads,
             kv_num_heads_i=kv_heads,
+            local_window_size_i=-1 if window is None else window,
+            scale_f=scale,
             outputs=3,
         )
         return out

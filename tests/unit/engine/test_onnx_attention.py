@@ -1,9 +1,12 @@
 """The step graph's two attention forms against each other and against the eager model:
 ONNX Runtime's GroupQueryAttention (CPU graphs) and plain ONNX ops (CUDA / TensorRT graphs),
-over a pool with scattered blocks and ragged past lengths, for decodes and a prefill chunk."""
+over a pool with scattered blocks and ragged past lengths, for decodes and a prefill chunk;
+for Llama's full attention and for a sliding layer with its own score scale (Gemma 3's
+query_pre_attn_scalar), whose window the past lengths and chunks cross."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +17,29 @@ from engine.backends.onnx_graph import INPUT_NAMES, StepGraph, export_float, sam
 from engine.model.attention import GatheredPoolAttention
 from engine.model.decoder import DecoderModel
 from engine.model_source import ModelBundle, load_model
+from engine.model_source.arch import FULL, SLIDING, ArchConfig
 
 BLOCK = 16
+WINDOW = 7
 
 
-@pytest.fixture(scope="module")
-def tiny() -> ModelBundle:
-    return load_model("dummy:tiny", seed=3)
+@pytest.fixture(scope="module", params=["full", "sliding"])
+def tiny(request: pytest.FixtureRequest) -> ModelBundle:
+    """dummy:tiny as it is, or with its last layer sliding over WINDOW keys, a local RoPE
+    base and scores scaled by 24 ** -0.5 instead of head_dim's."""
+    bundle = load_model("dummy:tiny", seed=3)
+    if request.param == "full":
+        return bundle
+    cfg = bundle.config
+    layer_types = (FULL,) * (cfg.num_hidden_layers - 1) + (SLIDING,)
+    sliding = replace(
+        cfg,
+        sliding_window=WINDOW,
+        layer_types=layer_types,
+        rope_local_theta=cfg.rope_theta / 100,
+        query_pre_attn_scalar=24,
+    )
+    return replace(bundle, config=sliding)
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +88,17 @@ CASES = pytest.mark.parametrize(
 
 
 def reference(
-    feeds: dict[str, np.ndarray], q: np.ndarray, k: np.ndarray, v: np.ndarray, layer: int, cfg
+    feeds: dict[str, np.ndarray],
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    layer: int,
+    cfg: ArchConfig,
 ) -> np.ndarray:
-    """Attention read straight off the documented pool layout, one query at a time."""
+    """Attention read straight off the documented pool layout, one query at a time; a
+    sliding layer's query at position p sees keys p - window + 1 .. p."""
     pool, tables, past = feeds["kv_pool"], feeds["block_tables"], feeds["past_lens"]
-    kvh, hd = cfg.num_key_value_heads, cfg.head_dim
+    kvh = cfg.num_key_value_heads
     blocks = pool.shape[0] // (2 * cfg.num_hidden_layers * kvh)
     new = q.shape[0] // len(past)
     group = q.shape[1] // kvh
@@ -97,9 +122,11 @@ def reference(
             )
             for i in range(new):
                 row = b * new + i
-                scores = keys[: p + i + 1] @ q[row, h] / np.sqrt(hd)
+                first = max(0, p + i + 1 - (cfg.window(layer) or p + i + 1))
+                seen = slice(first, p + i + 1)
+                scores = keys[seen] @ q[row, h] * cfg.attention_scale
                 w = np.exp(scores - scores.max())
-                out[row, h] = (w / w.sum()) @ values[: p + i + 1]
+                out[row, h] = (w / w.sum()) @ values[seen]
     return out
 
 
@@ -119,9 +146,10 @@ def test_attention_reads_the_pool_layout(
     )
     t = {name: torch.from_numpy(a) for name, a in feeds.items()}
     attention = GatheredPoolAttention(t["kv_pool"], t["block_tables"], t["past_lens"], cfg, fused)
-    layer = cfg.num_hidden_layers - 1
-    out = attention(layer, *(torch.from_numpy(a) for a in (q, k, v)))
-    assert np.allclose(out.numpy(), reference(feeds, q, k, v, layer, cfg), atol=1e-4)
+    for layer in range(cfg.num_hidden_layers):
+        out = attention(layer, *(torch.from_numpy(a) for a in (q, k, v)))
+        expected = reference(feeds, q, k, v, layer, cfg)
+        assert np.allclose(out.numpy(), expected, atol=1e-4), f"layer {layer}"
 
 
 @CASES
@@ -149,3 +177,23 @@ def test_fused_graph_uses_group_query_attention(graphs: dict[bool, Path]) -> Non
     }
     assert "GroupQueryAttention" in ops[True]
     assert "GroupQueryAttention" not in ops[False] and "Softmax" in ops[False]
+
+
+def test_fused_graph_carries_each_layers_window_and_scale(
+    tiny: ModelBundle, graphs: dict[bool, Path]
+) -> None:
+    """One GroupQueryAttention a layer, in layer order: local_window_size is the layer's
+    Hugging Face window as it is (both count the query itself), -1 for a full layer."""
+    import onnx
+    from onnx import helper
+
+    cfg = tiny.config
+    nodes = [
+        {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        for n in onnx.load(str(graphs[True]), load_external_data=False).graph.node
+        if n.op_type == "GroupQueryAttention"
+    ]
+    assert [n["local_window_size"] for n in nodes] == [
+        cfg.window(layer) or -1 for layer in range(cfg.num_hidden_layers)
+    ]
+    assert all(n["scale"] == pytest.approx(cfg.attention_scale) for n in nodes)
