@@ -1,0 +1,170 @@
+"""Speculative decoding (off, ngram, suffix) on three workloads at 1, 4 and 32 concurrent
+requests, in one run, on the default model and backend choice of this machine.
+
+Workloads (greedy, NEW_TOKENS tokens at most, EOS honoured):
+- rag: a retrieved passage and a question whose answer quotes it;
+- code-edit: return a given function with one change;
+- chat: plain questions (the workload speculation must not slow down).
+Each method runs in its own engine with speculation on at every batch size
+(--speculative-disable-by-batch-size 0), so the table shows where it stops paying; the
+greedy outputs of every method are checked identical to off.
+
+    .venv/bin/python bench/speculative.py --out bench/results/speculative-DATE.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.machine import describe, write_report
+from bench.serving_load import TOPICS
+from engine.api import SamplingParams
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.model_source import Tokenizer, load_model
+
+NEW_TOKENS = 128
+CONCURRENCY = (1, 4, 32)
+METHODS = ("off", "ngram", "suffix")
+
+FACTS = [
+    ("the Eiffel Tower", "The Eiffel Tower was completed in 1889 for the World's Fair in Paris. "
+     "It is 330 metres tall and was the tallest man-made structure in the world for 41 years."),
+    ("the Great Wall", "The Great Wall of China stretches over 21,000 kilometres. Most of the "
+     "wall that stands today was built during the Ming dynasty, between 1368 and 1644."),
+    ("photosynthesis", "Photosynthesis converts light energy into chemical energy. Plants take "
+     "in carbon dioxide and water and, using sunlight, produce glucose and release oxygen."),
+    ("the Moon landing", "Apollo 11 landed on the Moon on 20 July 1969. Neil Armstrong and Buzz "
+     "Aldrin walked on the surface while Michael Collins orbited above in the command module."),
+]  # fmt: skip
+FUNCTIONS = [
+    "def total_price(items, tax_rate):\n    subtotal = 0\n    for item in items:\n"
+    "        subtotal += item.price * item.quantity\n    tax = subtotal * tax_rate\n"
+    "    return subtotal + tax\n",
+    "def find_user(users, name):\n    for user in users:\n        if user.name == name:\n"
+    "            return user\n    return None\n",
+    "def average(values):\n    if not values:\n        return 0\n    total = sum(values)\n"
+    "    return total / len(values)\n",
+    "def word_counts(text):\n    counts = {}\n    for word in text.split():\n"
+    "        counts[word] = counts.get(word, 0) + 1\n    return counts\n",
+]
+
+
+def chat(tok: Tokenizer, text: str) -> list[int]:
+    return tok.encode(tok.apply_chat_template([{"role": "user", "content": text}]))
+
+
+def workloads(tok: Tokenizer) -> dict[str, list[list[int]]]:
+    rag = [
+        chat(tok, f"Context:\n{fact}\n\nQuestion: what does the context say about {name}? "
+             "Answer by quoting the context word for word.")
+        for name, fact in FACTS
+    ]  # fmt: skip
+    edit = [
+        chat(tok, f"Here is a Python function:\n\n{fn}\nReturn the whole function unchanged "
+             f"except that it gets a docstring. Variant {i}.")
+        for i, fn in enumerate(FUNCTIONS)
+    ]  # fmt: skip
+    plain = [chat(tok, f"Tell me about {t} in a few sentences.") for t in TOPICS]
+    return {"rag": rag, "code-edit": edit, "chat": plain}
+
+
+def prompts_for(pool: list[list[int]], n: int) -> list[list[int]]:
+    """n prompts cycling over the pool (distinct pools repeat for 32 concurrent requests)."""
+    return [pool[i % len(pool)] for i in range(n)]
+
+
+def run(engine: LLMEngine, prompts: list[list[int]]) -> tuple[float, list[list[int]]]:
+    engine.kv.reset_prefix_cache()
+    greedy = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0)
+    t0 = time.perf_counter()
+    results = engine.generate(prompts, greedy)
+    seconds = time.perf_counter() - t0
+    outputs = [r.completions[0].token_ids for r in results]
+    return sum(map(len, outputs)) / seconds, outputs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="", help="model spec (default: the bundled model)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    bundle = load_model(args.model or None)
+    loads = workloads(bundle.tokenizer)
+    speed: dict[tuple[str, str, int], float] = {}
+    accept: dict[tuple[str, str], tuple[float, float]] = {}
+    outputs: dict[tuple[str, str, int], list[list[int]]] = {}
+    backend = ""
+    for method in METHODS:
+        engine = LLMEngine(
+            EngineConfig(
+                model={"path": args.model, "max_model_len": 2048},
+                cache={"kv_cache_memory": "2GiB"},
+                speculative={"method": method, "disable_by_batch_size": 0},
+            ),
+            bundle=bundle,
+        )
+        backend = f"{engine.capacity.backend} {engine.capacity.quantization}"
+        run(engine, loads["chat"][:2])  # warm
+        for name, pool in loads.items():
+            before = engine.stats().spec
+            drafts0, tokens0, acc0 = (
+                (before.drafts, before.draft_tokens, before.accepted_tokens)
+                if before
+                else (0, 0, 0)
+            )
+            for c in CONCURRENCY:
+                speed[name, method, c], outputs[name, method, c] = run(engine, prompts_for(pool, c))
+                print(f"{name} {method} c={c}: {speed[name, method, c]:.1f} tok/s", flush=True)
+            after = engine.stats().spec
+            if after:
+                drafts, tokens = after.drafts - drafts0, after.draft_tokens - tokens0
+                accepted = after.accepted_tokens - acc0
+                accept[name, method] = (
+                    accepted / tokens if tokens else 0.0,
+                    1 + accepted / drafts if drafts else 0.0,
+                )
+        del engine
+    lines = [
+        f"# Speculative decoding, {datetime.date.today()}",
+        "",
+        f"Command: `{' '.join(sys.argv)}`  ",
+        f"Machine: {describe()}; torch {torch.__version__}; model {bundle.name}, {backend}",
+        "",
+        f"Greedy, up to {NEW_TOKENS} new tokens, EOS honoured; output tokens/s of the whole "
+        "batch, in-process engine (LLMEngine.generate), speculation on at every batch size; "
+        "one run. Ratios against off at the same concurrency.",
+        "",
+        "| workload | concurrency | off tok/s | ngram tok/s | suffix tok/s | ngram / off | "
+        "suffix / off | outputs identical |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in loads:
+        for c in CONCURRENCY:
+            off = speed[name, "off", c]
+            same = all(outputs[name, m, c] == outputs[name, "off", c] for m in METHODS)
+            lines.append(
+                f"| {name} | {c} | {off:.1f} | {speed[name, 'ngram', c]:.1f} | "
+                f"{speed[name, 'suffix', c]:.1f} | {speed[name, 'ngram', c] / off:.2f}x | "
+                f"{speed[name, 'suffix', c] / off:.2f}x | {'yes' if same else 'NO'} |"
+            )
+    lines += [
+        "",
+        "| workload | method | acceptance rate | mean acceptance length |",
+        "| --- | --- | --- | --- |",
+    ]
+    for (name, method), (rate, length) in accept.items():
+        lines.append(f"| {name} | {method} | {rate:.1%} | {length:.2f} |")
+    write_report(lines, args.out)
+
+
+if __name__ == "__main__":
+    main()
