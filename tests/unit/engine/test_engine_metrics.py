@@ -1,9 +1,11 @@
-"""Speculative decoding's counters as the engine exports them."""
+"""Speculative decoding's counters as the engine exports them, and the banner line that says
+what speculation runs."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
+from engine.config import SpeculativeConfig
 from engine.llm_engine import EngineStats
 from engine.metrics import EngineMetrics
 from engine.spec_decode import SpecStats
@@ -34,3 +36,16 @@ def test_speculation_counters_export_the_stats_with_one_series_per_position() ->
         "tessera_engine_spec_accepted_tokens_per_position_total{1}": 2,
         "tessera_engine_spec_accepted_tokens_per_position_total{2}": 1,
     }
+
+
+def test_banner_line_says_what_speculation_runs() -> None:
+    assert SpeculativeConfig().summary() == "speculative decoding: off"
+    assert SpeculativeConfig(method="ngram").summary() == (
+        "speculative decoding: ngram, up to 4 tokens, prompt lookup 2..5, "
+        "off above 4 running sequences"
+    )
+    suffix = SpeculativeConfig(method="suffix", num_speculative_tokens=1, disable_by_batch_size=0)
+    assert suffix.summary() == (
+        "speculative decoding: suffix, up to 1 token, prompt lookup 2..5 and the last "
+        "65,536 output tokens, at every batch size"
+    )
