@@ -81,6 +81,7 @@ async def test_every_panel_query_returns_data(tiny: ModelBundle, tmp_path: Path)
         limits={"rpm": 6},
         rag={"enabled": True, "port": 0, "data_dir": tmp_path / "rag"},
         semantic_cache={"enabled": True},
+        speculative={"method": "ngram"},  # the speculation panels need its counters
     ) as server:
         prom = Prometheus(
             tmp_path,
