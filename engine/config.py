@@ -147,6 +147,25 @@ class SpeculativeConfig(BaseModel):
             raise ValueError("--prompt-lookup-min must not exceed --prompt-lookup-max")
         return self
 
+    def summary(self) -> str:
+        """What speculation runs, in one line for start-up banners."""
+        if self.method == "off":
+            return "speculative decoding: off"
+        k = self.num_speculative_tokens
+        source = f"prompt lookup {self.prompt_lookup_min}..{self.prompt_lookup_max}"
+        if self.method == "suffix":
+            source += f" and the last {self.suffix_max_tokens:,} output tokens"
+        limit = self.disable_by_batch_size
+        when = (
+            f"off above {limit} running sequence{'s' if limit > 1 else ''}"
+            if limit
+            else "at every batch size"
+        )
+        return (
+            f"speculative decoding: {self.method}, up to {k} token{'s' if k > 1 else ''}, "
+            f"{source}, {when}"
+        )
+
 
 class BackendConfig(BaseModel):
     """Which backend runs the model, on what, at what precision."""

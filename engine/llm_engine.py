@@ -258,13 +258,18 @@ class LLMEngine:
             prefix_cache_queries=s.queries,
             prefix_cache_hits=s.hits,
             num_preemptions=self.scheduler.num_preemptions,
-            spec=replace(
-                self.speculator.stats,
-                accepted_per_position=list(self.speculator.stats.accepted_per_position),
-            )
-            if self.speculator
-            else None,
+            spec=self._spec_stats(),
         )
+
+    def _spec_stats(self) -> SpecStats | None:
+        """A copy of speculation's totals, with a count for every position a guess may
+        reach (0..k-1), so the per-position series exist before the longest guess is made."""
+        if self.speculator is None:
+            return None
+        counts = self.speculator.stats.accepted_per_position
+        k = self.config.speculative.num_speculative_tokens
+        padded = list(counts) + [0] * (k - len(counts))
+        return replace(self.speculator.stats, accepted_per_position=padded)
 
     def generate(
         self,

@@ -1,7 +1,7 @@
 """The engine's part of the metric catalogue (prefix ``tessera_engine_``), on a given registry.
 
-Load gauges and cumulative cache counters are read from the engine's latest
-stats at scrape time; latencies and token counts are observed from request
+Load gauges and cumulative cache and speculation counters are read from the
+engine's latest stats at scrape time; latencies and token counts are observed from request
 outputs as the engine thread produces them. Buckets (tessera.metric_buckets) are
 shared with the gateway's histograms.
 """
@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from engine.api import RequestOutput
 from engine.llm_engine import EngineStats, StepStats
+from engine.spec_decode import SpecStats
 from tessera.metric_buckets import (
     E2E_BUCKETS,
     ITL_BUCKETS,
@@ -58,6 +59,36 @@ class _LoadCollector(Collector):
         ]
         for name, doc, value in counters:
             yield CounterMetricFamily(f"tessera_engine_{name}", doc, value=value)
+        if s.spec is not None:
+            yield from _spec_counters(s.spec)
+
+
+def _spec_counters(spec: SpecStats) -> Iterator[Metric]:
+    """Speculative decoding's counters, with vLLM's meanings (spec_decode_num_*).
+
+    Present only when speculation is on, as in vLLM: an engine that never guesses has no
+    acceptance to report, and zeros would read as "guessing and always wrong". Like vLLM, no
+    mean-acceptance-length gauge: a since-start average can neither be windowed nor summed
+    across pods, while the counters give both in PromQL (the engine dashboard):
+    acceptance rate = rate(accepted_tokens) / rate(draft_tokens); mean acceptance length =
+    1 + rate(accepted_tokens) / rate(drafts); position i's rate =
+    rate(accepted_tokens_per_position{position="i"}) / rate(drafts).
+    """
+    counters = [
+        ("drafts", "Verification steps of one sequence's guessed tokens.", spec.drafts),
+        ("draft_tokens", "Guessed tokens checked by the model.", spec.draft_tokens),
+        ("accepted_tokens", "Guessed tokens the model kept.", spec.accepted_tokens),
+    ]
+    for name, doc, value in counters:
+        yield CounterMetricFamily(f"tessera_engine_spec_{name}", doc, value=value)
+    per_position = CounterMetricFamily(
+        "tessera_engine_spec_accepted_tokens_per_position",
+        "Guessed tokens kept, by their position in the guess (0 = the first guessed token).",
+        labels=["position"],
+    )
+    for i, count in enumerate(spec.accepted_per_position):
+        per_position.add_metric([str(i)], count)
+    yield per_position
 
 
 class EngineMetrics:

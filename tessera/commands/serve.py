@@ -48,9 +48,8 @@ class ServeConfig(EngineConfig):
         )
 
     def engine_config(self) -> EngineConfig:
-        return EngineConfig(
-            model=self.model, cache=self.cache, scheduler=self.scheduler, backend=self.backend
-        )
+        # Every engine group, by name: a list written out here once dropped --speculative.
+        return EngineConfig(**{name: getattr(self, name) for name in EngineConfig.model_fields})
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

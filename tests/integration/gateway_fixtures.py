@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model_source import ModelBundle
 from gateway.server import GatewayServer
@@ -35,7 +34,7 @@ async def running_gateway(
     bundle: ModelBundle, **groups: dict[str, Any]
 ) -> AsyncIterator[GatewayServer]:
     config = serve_config(**groups)
-    engine = LLMEngine(EngineConfig(**ENGINE_SETTINGS), bundle=bundle)
+    engine = LLMEngine(config.engine_config(), bundle=bundle)
     server = await build_embedded(config, engine)
     await server.start()
     try:

@@ -262,6 +262,7 @@ async def test_health_moves_not_serving_serving_not_serving(
         await pod.load()
         ready = [r for r in caplog.records if r.getMessage().startswith("engine ready in")]
         assert [r.levelname for r in ready] == ["INFO"]  # start-up news, nothing to act on
+        assert "speculative decoding: off" in [r.getMessage() for r in caplog.records]
         assert await health_status(pod.ports.grpc) == [serving] * 2
         assert await http_status(ready_url) == 200
         in_flight = await client.generate(PROMPTS[0], GREEDY)

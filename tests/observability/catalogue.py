@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from engine.llm_engine import EngineStats
 from engine.metrics import EngineMetrics
+from engine.spec_decode import SpecStats
 from gateway.metrics import GatewayMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +28,9 @@ class MetricDoc:
 
 def _registries() -> list[CollectorRegistry]:
     engine, gateway = CollectorRegistry(), CollectorRegistry()
-    em = EngineMetrics(engine, lambda: EngineStats(0, 0, 0.0, 0, 0, 0, 0, 0))
+    # speculation on, so its families (exported only then) are in the catalogue too
+    spec = SpecStats(accepted_per_position=[0])
+    em = EngineMetrics(engine, lambda: EngineStats(0, 0, 0.0, 0, 0, 0, 0, 0, spec))
     em.finished.labels("stop")
     em.rpc_errors.labels("Generate", "INVALID_ARGUMENT")
     gm = GatewayMetrics(gateway, lambda: (0, 0))

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,9 +13,9 @@ import openai
 import pytest
 
 from engine.model_source import ModelBundle, load_model
-from tessera.http_server import free_port
 from tests.integration.gateway_fixtures import new_key, running_gateway
 from tests.observability.catalogue import ROOT
+from tests.observability.prometheus import Prometheus
 
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
 KEY = new_key()
@@ -26,44 +24,6 @@ KEY = new_key()
 @pytest.fixture(scope="module")
 def tiny() -> ModelBundle:
     return load_model("dummy:tiny", seed=3)
-
-
-class Prometheus:
-    def __init__(self, tmp: Path, targets: dict[str, str]) -> None:
-        exe = shutil.which("prometheus")
-        assert exe, "prometheus is missing: `make test` installs Debian's prometheus package"
-        self.port = free_port()
-        jobs = [
-            {"job_name": job, "static_configs": [{"targets": [target]}]}
-            for job, target in targets.items()
-        ]
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": jobs,
-        }
-        (tmp / "prometheus.yml").write_text(json.dumps(config))
-        self.proc = subprocess.Popen(
-            [
-                exe,
-                f"--config.file={tmp / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    async def query(self, expr: str) -> list[dict]:
-        async with httpx.AsyncClient() as http:
-            r = await http.get(f"{self.url}/api/v1/query", params={"query": expr})
-        body = r.json()
-        assert body["status"] == "success", f"{expr}: {body}"
-        return body["data"]["result"]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 async def drive_traffic(port: int, rag_port: int) -> None:
@@ -121,6 +81,7 @@ async def test_every_panel_query_returns_data(tiny: ModelBundle, tmp_path: Path)
         limits={"rpm": 6},
         rag={"enabled": True, "port": 0, "data_dir": tmp_path / "rag"},
         semantic_cache={"enabled": True},
+        speculative={"method": "ngram"},  # the speculation panels need its counters
     ) as server:
         prom = Prometheus(
             tmp_path,

@@ -66,3 +66,13 @@ def test_every_command_builds_its_flags(command: str, capsys: pytest.CaptureFixt
         parser.parse_args([command, "--help"])
     assert done.value.code == 0
     assert "--" in capsys.readouterr().out
+
+
+def test_serve_passes_every_engine_group_to_its_engine() -> None:
+    from engine.config import EngineConfig
+    from tessera.commands.serve import ServeConfig
+
+    config = ServeConfig(speculative={"method": "ngram"}, scheduler={"max_num_seqs": 3})
+    engine = config.engine_config()
+    assert type(engine) is EngineConfig
+    assert engine.speculative.method == "ngram" and engine.scheduler.max_num_seqs == 3
