@@ -16,8 +16,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import socket
+import subprocess
 import sys
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -92,10 +97,69 @@ def run(engine: LLMEngine, prompts: list[list[int]]) -> tuple[float, list[list[i
     return sum(map(len, outputs)) / seconds, outputs
 
 
+# ---- llama.cpp's llama-server, the same prompt token ids through its /completion API ----------
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        return json.loads(resp.read())
+
+
+def bench_llama_server(
+    binary: Path, gguf: Path, loads: dict[str, list[list[int]]], extra: list[str]
+) -> dict[tuple[str, int], float]:
+    """Output tokens/s of llama-server (-np 32 -cb) on every workload and concurrency."""
+    port = _free_port()
+    slots = max(CONCURRENCY)
+    cmd = [str(binary), "-m", str(gguf), "-np", str(slots), "-cb", "-c", str(slots * 2048),
+           "--host", "127.0.0.1", "--port", str(port), *extra]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        speed = {}
+
+        def one(prompt: list[int]) -> int:
+            body = {"prompt": prompt, "n_predict": NEW_TOKENS, "temperature": 0.0,
+                    "cache_prompt": False}  # fmt: skip
+            return int(_post(f"{base}/completion", body)["tokens_predicted"])
+
+        one(loads["chat"][0])  # warm
+        for name, pool in loads.items():
+            for c in CONCURRENCY:
+                prompts = prompts_for(pool, c)
+                t0 = time.perf_counter()
+                with ThreadPoolExecutor(c) as ex:
+                    n = sum(ex.map(one, prompts))
+                speed[name, c] = n / (time.perf_counter() - t0)
+                print(f"llama-server {name} c={c}: {speed[name, c]:.1f} tok/s", flush=True)
+        return speed
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="", help="model spec (default: the bundled model)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--llama-server", type=Path, help="llama-server binary (bench/.venv-peers)")
+    parser.add_argument(
+        "--llama-spec-args", default="", help="llama-server flags of its own speculation"
+    )
     args = parser.parse_args()
     bundle = load_model(args.model or None)
     loads = workloads(bundle.tokenizer)
@@ -133,6 +197,15 @@ def main() -> None:
                     1 + accepted / drafts if drafts else 0.0,
                 )
         del engine
+    peers: dict[str, dict[tuple[str, int], float]] = {}
+    if args.llama_server:
+        gguf = Path(bundle.source)
+        peers["llama-server"] = bench_llama_server(args.llama_server, gguf, loads, [])
+        if args.llama_spec_args:
+            extra = args.llama_spec_args.split()
+            peers["llama-server " + args.llama_spec_args] = bench_llama_server(
+                args.llama_server, gguf, loads, extra
+            )
     lines = [
         f"# Speculative decoding, {datetime.date.today()}",
         "",
@@ -156,6 +229,26 @@ def main() -> None:
                 f"{speed[name, 'suffix', c]:.1f} | {speed[name, 'ngram', c] / off:.2f}x | "
                 f"{speed[name, 'suffix', c] / off:.2f}x | {'yes' if same else 'NO'} |"
             )
+    if peers:
+        lines += [
+            "",
+            "llama.cpp's llama-server (-np 32 -cb) on the same GGUF and prompt token ids, through "
+            "its /completion API (greedy, same token limit, prompt cache off), against Tessera's "
+            "best method in-process:",
+            "",
+            "| workload | concurrency | "
+            + " | ".join(f"{p} tok/s" for p in peers)
+            + " | Tessera best tok/s | Tessera best / "
+            + next(iter(peers))
+            + " |",
+            "| --- | --- | " + "--- | " * len(peers) + "--- | --- |",
+        ]
+        for name in loads:
+            for c in CONCURRENCY:
+                best = max(speed[name, m, c] for m in METHODS)
+                cells = " | ".join(f"{peers[p][name, c]:.1f}" for p in peers)
+                first = peers[next(iter(peers))][name, c]
+                lines.append(f"| {name} | {c} | {cells} | {best:.1f} | {best / first:.2f}x |")
     lines += [
         "",
         "| workload | method | acceptance rate | mean acceptance length |",
