@@ -1,4 +1,4 @@
-"""Speculative decoding (off, ngram, suffix) on three workloads at 1, 4 and 32 concurrent
+"""Speculative decoding (off, ngram, suffix) on three workloads at 1, 4, 8, 16 and 32 concurrent
 requests, in one run, on the default model and backend choice of this machine.
 
 Workloads (greedy, NEW_TOKENS tokens at most, EOS honoured):
@@ -37,7 +37,7 @@ from engine.llm_engine import LLMEngine
 from engine.model_source import Tokenizer, load_model
 
 NEW_TOKENS = 128
-CONCURRENCY = (1, 4, 32)
+CONCURRENCY = (1, 4, 8, 16, 32)
 METHODS = ("off", "ngram", "suffix")
 
 FACTS = [
