@@ -98,7 +98,7 @@ PRESETS: dict[str, ArchConfig] = {
     # A mixture of experts that fits this machine many times over: SmolLM2-135M's attention
     # with eight experts a layer, two chosen (214M parameters, 95M active).
     "moe-small": ArchConfig(
-        model_type="mixtral", vocab_size=SMOLLM2_VOCAB, hidden_size=576, intermediate_size=1536,
+        model_type="mixtral", vocab_size=SMOLLM2_VOCAB, hidden_size=576, intermediate_size=384,
         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
         rope_theta=100000.0, max_position_embeddings=8192, tie_word_embeddings=True,
         num_experts=8, num_experts_per_tok=2, moe_intermediate_size=384, norm_topk_prob=True,

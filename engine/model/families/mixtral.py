@@ -21,6 +21,7 @@ def _read(d: dict[str, Any]) -> dict[str, Any]:
 
 def _write(config: ArchConfig) -> dict[str, Any]:
     return {
+        "intermediate_size": config.moe_intermediate_size,  # Mixtral's experts' width
         "sliding_window": config.sliding_window,
         "num_local_experts": config.num_experts,
         "num_experts_per_tok": config.num_experts_per_tok,
