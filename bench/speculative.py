@@ -5,9 +5,9 @@ Workloads (greedy, NEW_TOKENS tokens at most, EOS honoured):
 - rag: a retrieved passage and a question whose answer quotes it;
 - code-edit: return a given function with one change;
 - chat: plain questions (the workload speculation must not slow down).
-Each method runs in its own engine with speculation on at every batch size
-(--speculative-disable-by-batch-size 0), so the table shows where it stops paying; the
-greedy outputs of every method are checked identical to off.
+Each method runs in its own engine with speculation on at every batch size unless
+--disable-by-batch-size says otherwise (the engine's own default is 4), so the table shows
+where it stops paying; the greedy outputs of every method are checked identical to off.
 
     .venv/bin/python bench/speculative.py --out bench/results/speculative-DATE.md
 """
@@ -156,6 +156,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="", help="model spec (default: the bundled model)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--workload", action="append", help="only these workloads (repeat)")
+    parser.add_argument(
+        "--disable-by-batch-size", type=int, default=0,
+        help="--speculative-disable-by-batch-size for the speculating engines (0: always on)",
+    )  # fmt: skip
     parser.add_argument("--llama-server", type=Path, help="llama-server binary (bench/.venv-peers)")
     parser.add_argument(
         "--llama-spec-args", default="", help="llama-server flags of its own speculation"
@@ -163,6 +168,8 @@ def main() -> None:
     args = parser.parse_args()
     bundle = load_model(args.model or None)
     loads = workloads(bundle.tokenizer)
+    if args.workload:
+        loads = {name: pool for name, pool in loads.items() if name in args.workload}
     speed: dict[tuple[str, str, int], float] = {}
     accept: dict[tuple[str, str], tuple[float, float]] = {}
     outputs: dict[tuple[str, str, int], list[list[int]]] = {}
@@ -172,12 +179,15 @@ def main() -> None:
             EngineConfig(
                 model={"path": args.model, "max_model_len": 2048},
                 cache={"kv_cache_memory": "2GiB"},
-                speculative={"method": method, "disable_by_batch_size": 0},
+                speculative={
+                    "method": method,
+                    "disable_by_batch_size": args.disable_by_batch_size,
+                },
             ),
             bundle=bundle,
         )
         backend = f"{engine.capacity.backend} {engine.capacity.quantization}"
-        run(engine, loads["chat"][:2])  # warm
+        run(engine, next(iter(loads.values()))[:2])  # warm
         for name, pool in loads.items():
             before = engine.stats().spec
             drafts0, tokens0, acc0 = (
@@ -213,8 +223,9 @@ def main() -> None:
         f"Machine: {describe()}; torch {torch.__version__}; model {bundle.name}, {backend}",
         "",
         f"Greedy, up to {NEW_TOKENS} new tokens, EOS honoured; output tokens/s of the whole "
-        "batch, in-process engine (LLMEngine.generate), speculation on at every batch size; "
-        "one run. Ratios against off at the same concurrency.",
+        "batch, in-process engine (LLMEngine.generate), speculation off above "
+        f"{args.disable_by_batch_size or 'no'} running sequences; one run. Ratios against off "
+        "at the same concurrency.",
         "",
         "| workload | concurrency | off tok/s | ngram tok/s | suffix tok/s | ngram / off | "
         "suffix / off | outputs identical |",
