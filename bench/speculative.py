@@ -3,7 +3,8 @@ requests, in one run, on the default model and backend choice of this machine.
 
 Workloads (greedy, NEW_TOKENS tokens at most, EOS honoured):
 - rag: a retrieved passage and a question whose answer quotes it;
-- code-edit: return a given function with one change;
+- code-edit: return a given function with a docstring added;
+- code-rename: return a longer function with one variable renamed;
 - chat: plain questions (the workload speculation must not slow down).
 Each method runs in its own engine with speculation on at every batch size unless
 --disable-by-batch-size says otherwise (the engine's own default is 4), so the table shows
@@ -63,6 +64,36 @@ FUNCTIONS = [
 ]
 
 
+# Longer functions for a rename: the answer is the function again with one identifier changed.
+RENAMES = [
+    ("result", "output",
+     "def merge_sorted(left, right):\n    result = []\n    i = 0\n    j = 0\n"
+     "    while i < len(left) and j < len(right):\n        if left[i] <= right[j]:\n"
+     "            result.append(left[i])\n            i += 1\n        else:\n"
+     "            result.append(right[j])\n            j += 1\n    result.extend(left[i:])\n"
+     "    result.extend(right[j:])\n    return result\n"),
+    ("count", "tally",
+     "def summarize(orders):\n    count = 0\n    revenue = 0.0\n    largest = None\n"
+     "    for order in orders:\n        count += 1\n        revenue += order.total\n"
+     "        if largest is None or order.total > largest.total:\n            largest = order\n"
+     "    average = revenue / count if count else 0.0\n"
+     "    return {\"count\": count, \"revenue\": revenue, \"average\": average,\n"
+     "            \"largest\": largest}\n"),
+    ("lines", "rows",
+     "def read_config(path):\n    settings = {}\n    with open(path) as handle:\n"
+     "        lines = handle.readlines()\n    for line in lines:\n        line = line.strip()\n"
+     "        if not line or line.startswith(\"#\"):\n            continue\n"
+     "        key, value = line.split(\"=\", 1)\n        settings[key.strip()] = value.strip()\n"
+     "    return settings\n"),
+    ("queue", "frontier",
+     "def shortest_path(graph, start, goal):\n    queue = [(start, [start])]\n    seen = {start}\n"
+     "    while queue:\n        node, path = queue.pop(0)\n        if node == goal:\n"
+     "            return path\n        for neighbour in graph.get(node, []):\n"
+     "            if neighbour not in seen:\n                seen.add(neighbour)\n"
+     "                queue.append((neighbour, path + [neighbour]))\n    return None\n"),
+]  # fmt: skip
+
+
 def chat(tok: Tokenizer, text: str) -> list[int]:
     return tok.encode(tok.apply_chat_template([{"role": "user", "content": text}]))
 
@@ -78,8 +109,13 @@ def workloads(tok: Tokenizer) -> dict[str, list[list[int]]]:
              f"except that it gets a docstring. Variant {i}.")
         for i, fn in enumerate(FUNCTIONS)
     ]  # fmt: skip
+    rename = [
+        chat(tok, f"Here is a Python function:\n\n{fn}\nReturn this function with one "
+             f"change: rename the variable `{old}` to `{new}`.")
+        for old, new, fn in RENAMES
+    ]  # fmt: skip
     plain = [chat(tok, f"Tell me about {t} in a few sentences.") for t in TOPICS]
-    return {"rag": rag, "code-edit": edit, "chat": plain}
+    return {"rag": rag, "code-edit": edit, "code-rename": rename, "chat": plain}
 
 
 def prompts_for(pool: list[list[int]], n: int) -> list[list[int]]:
