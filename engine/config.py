@@ -127,11 +127,11 @@ class SpeculativeConfig(BaseModel):
         5, ge=1, description="longest repeat of the last tokens looked for first"
     )
     disable_by_batch_size: int = Field(
-        4,
+        1,
         ge=0,
-        description="no speculation in steps with more running sequences than this, where the "
-        "batch alone keeps the CPU busy (bench/speculative.py measures the crossover); 0: "
-        "never turned off",
+        description="no speculation in steps with more running sequences than this: measured "
+        "on CPU (bench/speculative_ab.py), guessing paid at 1 sequence (1.2-1.4x), was even "
+        "at 4 and lost on chat from 2 (0.95x); 0: never turned off",
         json_schema_extra={"flag": "speculative_disable_by_batch_size"},
     )
     suffix_max_tokens: int = Field(
