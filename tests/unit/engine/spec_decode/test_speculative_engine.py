@@ -216,3 +216,22 @@ def test_sampling_with_speculation_keeps_the_distribution(tiny: ModelBundle) -> 
     cells = [c for c in counts_off | counts_on if counts_off[c] + counts_on[c] >= 10]
     stat = sum((counts_off[c] - counts_on[c]) ** 2 / (counts_off[c] + counts_on[c]) for c in cells)
     assert stat < _chi_square_critical(len(cells) - 1), (stat, len(cells))
+
+
+def test_onnx_backend_verifies_guesses_on_its_decode_path(tiny: ModelBundle) -> None:
+    def run(method: str) -> tuple[list[list[int]], Any]:
+        engine = LLMEngine(
+            EngineConfig(
+                model={"max_model_len": 512},
+                cache={"kv_cache_memory": "64MiB", "block_size": 16},
+                backend={"name": "onnx", "quantization": "none"},
+                speculative={"method": method, "disable_by_batch_size": 0},
+            ),
+            bundle=tiny,
+        )
+        return tokens(engine.generate(PROMPTS, GREEDY)), engine.stats().spec
+
+    off, _ = run("off")
+    on, spec = run("ngram")
+    assert on == off
+    assert spec is not None and spec.accepted_tokens > 0
