@@ -107,8 +107,14 @@ def warm_up(backend: Backend, num_tokens: int, block_size: int) -> tuple[float, 
     return seconds, num_tokens / max(seconds, 1e-9)
 
 
+class KVCapacityError(ValueError):
+    """The KV budget cannot hold one full-context sequence: a settings problem, reported at
+    start-up in one line."""
+
+
 def kv_pool_blocks(backend: Backend, cache: CacheConfig, max_model_len: int) -> int:
-    """Blocks the KV budget buys; fails when one full-context sequence would not fit."""
+    """Blocks the KV budget buys; KVCapacityError when one full-context sequence would not
+    fit."""
     per_block = backend.kv_bytes_per_block(cache.block_size)
     if cache.kv_cache_memory != "auto":
         budget = parse_size(cache.kv_cache_memory)
@@ -123,7 +129,7 @@ def kv_pool_blocks(backend: Backend, cache: CacheConfig, max_model_len: int) -> 
     blocks = budget // per_block
     needed = -(-max_model_len // cache.block_size)
     if blocks < needed:
-        raise ValueError(
+        raise KVCapacityError(
             f"KV cache budget {budget / 2**20:.0f} MiB holds {blocks} blocks; one sequence at "
             f"max_model_len={max_model_len} needs {needed}: raise --kv-cache-memory or lower "
             "--max-model-len"

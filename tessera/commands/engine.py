@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engine.service.server import EnginePod  # grpc and the model stack load only here
+    from engine.warmup import KVCapacityError
 
     config = parse_settings("engine", EnginePodConfig, args)
     if config is None:
@@ -36,6 +37,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         return asyncio.run(EnginePod(config).serve_forever())
-    except (ModelSourceError, OSError) as e:
+    except (ModelSourceError, KVCapacityError, OSError) as e:
         print(f"tessera engine: error: {e}", file=sys.stderr)
         return 2

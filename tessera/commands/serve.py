@@ -71,6 +71,7 @@ async def _serve(config: ServeConfig) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from engine.model_source import ModelSourceError
+    from engine.warmup import KVCapacityError
 
     config = parse_settings("serve", ServeConfig, args)
     if config is None:
@@ -86,6 +87,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         return asyncio.run(_serve(config))
-    except (ModelSourceError, OSError) as e:
+    except (ModelSourceError, KVCapacityError, OSError) as e:
         print(f"tessera serve: error: {e}", file=sys.stderr)
         return 2

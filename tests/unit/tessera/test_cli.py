@@ -76,3 +76,16 @@ def test_serve_passes_every_engine_group_to_its_engine() -> None:
     engine = config.engine_config()
     assert type(engine) is EngineConfig
     assert engine.speculative.method == "ngram" and engine.scheduler.max_num_seqs == 3
+
+
+def test_a_kv_budget_too_small_for_the_context_is_one_line_at_start(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(
+        ["engine", "--model", "dummy:tiny", "--kv-cache-memory", "64KiB", "--host", "127.0.0.1",
+         "--port", "0", "--metrics-port", "0"]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("tessera engine: error: KV cache budget")
+    assert "--kv-cache-memory" in err[-1] and not any("Traceback" in line for line in err)
