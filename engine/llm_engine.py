@@ -262,14 +262,11 @@ class LLMEngine:
         )
 
     def _spec_stats(self) -> SpecStats | None:
-        """A copy of speculation's totals, with a count for every position a guess may
-        reach (0..k-1), so the per-position series exist before the longest guess is made."""
+        """A copy of speculation's totals (None when it is off)."""
         if self.speculator is None:
             return None
-        counts = self.speculator.stats.accepted_per_position
-        k = self.config.speculative.num_speculative_tokens
-        padded = list(counts) + [0] * (k - len(counts))
-        return replace(self.speculator.stats, accepted_per_position=padded)
+        stats = self.speculator.stats
+        return replace(stats, accepted_per_position=list(stats.accepted_per_position))
 
     def generate(
         self,

@@ -26,7 +26,7 @@ def build_batch_inputs(scheduled: list[ScheduledSequence], block_size: int) -> B
     slots: list[np.ndarray] = []
     context_lens, query_start, logits_indices = [], [0], []
     max_blocks = max((len(s.block_ids) for s in scheduled), default=0)
-    num_entries = sum(1 + len(s.guess) if s.guess else 1 for s in scheduled)
+    num_entries = sum(1 + len(s.guess) for s in scheduled)
     block_tables = np.zeros((num_entries, max(max_blocks, 1)), dtype=np.int64)
     entry = 0
     for s in scheduled:

@@ -17,7 +17,9 @@ class Speculator:
     def __init__(self, config: SpeculativeConfig, proposer: Proposer) -> None:
         self.config = config
         self.proposer = proposer
-        self.stats = SpecStats()
+        # A count for every position a guess may reach (0..k-1) from the start, so the
+        # per-position series exist before the longest guess is made.
+        self.stats = SpecStats(accepted_per_position=[0] * config.num_speculative_tokens)
         self._next_len: dict[int, int] = {}
 
     def active(self, num_running: int) -> bool:

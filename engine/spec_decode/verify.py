@@ -42,11 +42,10 @@ class SpecStats:
     accepted_per_position: list[int] = field(default_factory=list)
 
     def record(self, num_guessed: int, num_accepted: int) -> None:
+        """One verification step; accepted_per_position must span the longest guess."""
         self.drafts += 1
         self.draft_tokens += num_guessed
         self.accepted_tokens += num_accepted
-        if len(self.accepted_per_position) < num_guessed:
-            self.accepted_per_position += [0] * (num_guessed - len(self.accepted_per_position))
         for i in range(num_accepted):
             self.accepted_per_position[i] += 1
 
