@@ -197,9 +197,13 @@ def compare_on_chats(
     prompts: list[dict[str, str]],
     new_tokens: int = CHAT_NEW_TOKENS,
 ) -> ChatComparison:
-    """Greedy continuations of both backends on the chat prompts, compared."""
+    """Greedy continuations of both backends on the chat prompts, compared. A model without
+    a chat template (a base model such as Gemma 3 270M) continues each prompt as plain text."""
     ids = []
     for p in prompts:
+        if tokenizer.chat_template is None:
+            ids.append(tokenizer.encode(p["prompt"]))
+            continue
         text = tokenizer.apply_chat_template([{"role": "user", "content": p["prompt"]}])
         ids.append(tokenizer.encode(text, add_special_tokens=False))
     ref = greedy_continuations(reference, ids, new_tokens)

@@ -9,6 +9,7 @@ the float model's answer and the gate figures, never an output that depends on t
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import replace
@@ -65,6 +66,18 @@ def test_chat_prompt_set_is_varied_and_has_known_answers() -> None:
     assert len(prompts) >= 30
     assert len({p["prompt"] for p in prompts}) == len(prompts)
     assert 10 <= sum("answer" in p for p in prompts) < len(prompts) - 10
+
+
+def test_chat_gate_continues_plain_prompts_for_a_model_without_a_chat_template(
+    smollm2_bundle: ModelBundle, float_backend: Backend
+) -> None:
+    """A base model (Gemma 3 270M has no chat template) still gets its INT8 modes gated, on
+    the prompts as plain text: `tessera serve --model gemma3-270m` once died here."""
+    base = copy.copy(smollm2_bundle.tokenizer)
+    base.chat_template = None
+    prompts = accuracy.load_chat_prompts()[:2]
+    result = accuracy.compare_on_chats(float_backend, float_backend, base, prompts, new_tokens=4)
+    assert (result.prompts, result.identical) == (2, 2)
 
 
 @pytest.mark.parametrize(("backend", "scheme"), INT8_MODES)
