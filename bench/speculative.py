@@ -6,6 +6,9 @@ Workloads (greedy, NEW_TOKENS tokens at most, EOS honoured):
 - code-edit: return a given function with a docstring added;
 - code-rename: return a longer function with one variable renamed;
 - chat: plain questions (the workload speculation must not slow down).
+A model with a chat template gets each as a user turn; a base model (--model gemma3-270m)
+gets the same task as a text to continue, with stop strings where its answer ends
+(BASE_MODEL_STOP), as a user of a base model would set them.
 Each method runs in its own engine with speculation on at every batch size unless
 --disable-by-batch-size says otherwise (the engine's own default is 4), so the table shows
 where it stops paying; the greedy outputs of every method are checked identical to off.
@@ -94,11 +97,20 @@ RENAMES = [
 ]  # fmt: skip
 
 
+# Where a base model's answer ends: a quote or a chat answer at the end of its line, code at
+# the first blank line (none of the functions has one).
+BASE_MODEL_STOP = {"rag": ["\n"], "code-edit": ["\n\n"], "code-rename": ["\n\n"], "chat": ["\n"]}
+
+
 def chat(tok: Tokenizer, text: str) -> list[int]:
     return tok.encode(tok.apply_chat_template([{"role": "user", "content": text}]))
 
 
 def workloads(tok: Tokenizer) -> dict[str, list[list[int]]]:
+    """Each workload's prompts: user turns for a chat model, texts to continue for a base
+    model (one without a chat template)."""
+    if tok.chat_template is None:
+        return _completion_workloads(tok)
     rag = [
         chat(tok, f"Context:\n{fact}\n\nQuestion: what does the context say about {name}? "
              "Answer by quoting the context word for word.")
@@ -118,14 +130,47 @@ def workloads(tok: Tokenizer) -> dict[str, list[list[int]]]:
     return {"rag": rag, "code-edit": edit, "code-rename": rename, "chat": plain}
 
 
+def _completion_workloads(tok: Tokenizer) -> dict[str, list[list[int]]]:
+    """The same tasks as texts for a base model to continue."""
+    rag = [
+        tok.encode(f"Context: {fact}\n\nQuestion: What does the context say about {name}?\n"
+                   "Answer (quoting the context):\n")
+        for name, fact in FACTS
+    ]  # fmt: skip
+    edit = [
+        tok.encode(f"Original code:\n\n{fn}\nThe same function with a one-line docstring "
+                   "added:\n\n")
+        for fn in FUNCTIONS
+    ]  # fmt: skip
+    rename = [
+        tok.encode(f"Original code:\n\n{fn}\nThe same code with the variable `{old}` "
+                   f"renamed to `{new}`:\n\n")
+        for old, new, fn in RENAMES
+    ]  # fmt: skip
+    plain = [
+        tok.encode(f"Question: Tell me about {t} in a few sentences.\nAnswer:") for t in TOPICS
+    ]
+    return {"rag": rag, "code-edit": edit, "code-rename": rename, "chat": plain}
+
+
+def stop_strings(tok: Tokenizer) -> dict[str, list[str]]:
+    """The stop strings each workload's requests carry: none for a chat model (its answer
+    ends with EOS), BASE_MODEL_STOP's for a base model."""
+    if tok.chat_template is not None:
+        return {name: [] for name in BASE_MODEL_STOP}
+    return {name: list(stop) for name, stop in BASE_MODEL_STOP.items()}
+
+
 def prompts_for(pool: list[list[int]], n: int) -> list[list[int]]:
     """n prompts cycling over the pool (distinct pools repeat for 32 concurrent requests)."""
     return [pool[i % len(pool)] for i in range(n)]
 
 
-def run(engine: LLMEngine, prompts: list[list[int]]) -> tuple[float, list[list[int]]]:
+def run(
+    engine: LLMEngine, prompts: list[list[int]], stop: list[str]
+) -> tuple[float, list[list[int]]]:
     engine.kv.reset_prefix_cache()
-    greedy = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0)
+    greedy = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, stop=stop)
     t0 = time.perf_counter()
     results = engine.generate(prompts, greedy)
     seconds = time.perf_counter() - t0
@@ -149,7 +194,11 @@ def _post(url: str, body: dict) -> dict:
 
 
 def bench_llama_server(
-    binary: Path, gguf: Path, loads: dict[str, list[list[int]]], extra: list[str]
+    binary: Path,
+    gguf: Path,
+    loads: dict[str, list[list[int]]],
+    stop: dict[str, list[str]],
+    extra: list[str],
 ) -> dict[tuple[str, int], float]:
     """Output tokens/s of llama-server (-np 32 -cb) on every workload and concurrency."""
     port = _free_port()
@@ -168,18 +217,18 @@ def bench_llama_server(
                 time.sleep(1)
         speed = {}
 
-        def one(prompt: list[int]) -> int:
+        def one(prompt: list[int], stops: list[str]) -> int:
             body = {"prompt": prompt, "n_predict": NEW_TOKENS, "temperature": 0.0,
-                    "cache_prompt": False}  # fmt: skip
+                    "cache_prompt": False, "stop": stops}  # fmt: skip
             return int(_post(f"{base}/completion", body)["tokens_predicted"])
 
-        one(loads["chat"][0])  # warm
+        one(loads["chat"][0], [])  # warm
         for name, pool in loads.items():
             for c in CONCURRENCY:
                 prompts = prompts_for(pool, c)
                 t0 = time.perf_counter()
                 with ThreadPoolExecutor(c) as ex:
-                    n = sum(ex.map(one, prompts))
+                    n = sum(ex.map(one, prompts, [stop[name]] * c))
                 speed[name, c] = n / (time.perf_counter() - t0)
                 print(f"llama-server {name} c={c}: {speed[name, c]:.1f} tok/s", flush=True)
         return speed
@@ -204,6 +253,7 @@ def main() -> None:
     args = parser.parse_args()
     bundle = load_model(args.model or None)
     loads = workloads(bundle.tokenizer)
+    stop = stop_strings(bundle.tokenizer)
     if args.workload:
         loads = {name: pool for name, pool in loads.items() if name in args.workload}
     speed: dict[tuple[str, str, int], float] = {}
@@ -223,7 +273,7 @@ def main() -> None:
             bundle=bundle,
         )
         backend = f"{engine.capacity.backend} {engine.capacity.quantization}"
-        run(engine, next(iter(loads.values()))[:2])  # warm
+        run(engine, next(iter(loads.values()))[:2], [])  # warm
         for name, pool in loads.items():
             before = engine.stats().spec
             drafts0, tokens0, acc0 = (
@@ -232,7 +282,9 @@ def main() -> None:
                 else (0, 0, 0)
             )
             for c in CONCURRENCY:
-                speed[name, method, c], outputs[name, method, c] = run(engine, prompts_for(pool, c))
+                speed[name, method, c], outputs[name, method, c] = run(
+                    engine, prompts_for(pool, c), stop[name]
+                )
                 print(f"{name} {method} c={c}: {speed[name, method, c]:.1f} tok/s", flush=True)
             after = engine.stats().spec
             if after:
@@ -246,11 +298,11 @@ def main() -> None:
     peers: dict[str, dict[tuple[str, int], float]] = {}
     if args.llama_server:
         gguf = Path(bundle.source)
-        peers["llama-server"] = bench_llama_server(args.llama_server, gguf, loads, [])
+        peers["llama-server"] = bench_llama_server(args.llama_server, gguf, loads, stop, [])
         if args.llama_spec_args:
             extra = args.llama_spec_args.split()
             peers["llama-server " + args.llama_spec_args] = bench_llama_server(
-                args.llama_server, gguf, loads, extra
+                args.llama_server, gguf, loads, stop, extra
             )
     lines = [
         f"# Speculative decoding, {datetime.date.today()}",
@@ -258,7 +310,8 @@ def main() -> None:
         f"Command: `{' '.join(sys.argv)}`  ",
         f"Machine: {describe()}; torch {torch.__version__}; model {bundle.name}, {backend}",
         "",
-        f"Greedy, up to {NEW_TOKENS} new tokens, EOS honoured; output tokens/s of the whole "
+        f"Greedy, up to {NEW_TOKENS} new tokens, EOS honoured, stop strings {stop}; "
+        "output tokens/s of the whole "
         "batch, in-process engine (LLMEngine.generate), speculation off above "
         f"{args.disable_by_batch_size or 'no'} running sequences; one run. Ratios against off "
         "at the same concurrency.",

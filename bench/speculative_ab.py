@@ -2,7 +2,13 @@
 steadier than one run: each round runs every workload's four prompts --concurrency at a time
 on the off engine, then on the ngram engine (speculation on at any batch size).
 
+Beside the speeds it reports what the ngram engine's counters say: the share of guessed
+tokens kept, and the output tokens per decode step. The latter is the speed-up speculation
+would give if a step that checks guesses cost no more than one that does not: the ceiling
+that the workload's answers (how much of them repeats the prompt) allow.
+
     .venv/bin/python bench/speculative_ab.py --rounds 4 --out bench/results/speculative-ab-DATE.md
+    .venv/bin/python bench/speculative_ab.py --model gemma3-270m --rounds 4 --out ...
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import describe, write_report
-from bench.speculative import NEW_TOKENS, workloads
+from bench.speculative import NEW_TOKENS, stop_strings, workloads
 from engine.api import SamplingParams
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
@@ -30,11 +36,11 @@ PROMPTS_PER_WORKLOAD = 4
 
 
 def timed_run(
-    engine: LLMEngine, prompts: list[list[int]], concurrency: int
+    engine: LLMEngine, prompts: list[list[int]], concurrency: int, stop: list[str]
 ) -> tuple[float, list[list[int]]]:
     """Output tokens/s of the prompts run ``concurrency`` at a time, and their outputs."""
     engine.kv.reset_prefix_cache()
-    greedy = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0)
+    greedy = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, stop=stop)
     batches = [prompts[i : i + concurrency] for i in range(0, len(prompts), concurrency)]
     outputs, t0 = [], time.perf_counter()
     for batch in batches:
@@ -46,14 +52,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--concurrency", type=int, choices=(1, 2, 4), default=1)
+    parser.add_argument("--model", default="", help="model spec (default: the bundled model)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    bundle = load_model(None)
+    bundle = load_model(args.model or None)
     loads = {n: p[:PROMPTS_PER_WORKLOAD] for n, p in workloads(bundle.tokenizer).items()}
+    stop = stop_strings(bundle.tokenizer)
     engines = {
         m: LLMEngine(
             EngineConfig(
-                model={"max_model_len": 2048},
+                model={"path": args.model, "max_model_len": 2048},
                 cache={"kv_cache_memory": "1GiB"},
                 speculative={"method": m, "disable_by_batch_size": 0},
             ),
@@ -62,16 +70,26 @@ def main() -> None:
         for m in METHODS
     }
     for engine in engines.values():
-        timed_run(engine, loads["chat"][:1], 1)  # warm
+        timed_run(engine, loads["chat"][:1], 1, [])  # warm
     speeds: dict[tuple[str, str], list[float]] = {}
+    # Per workload: decode tokens (outputs less each request's first, from its prefill),
+    # guessed tokens and accepted guesses, summed over the rounds.
+    counts: dict[str, list[int]] = {name: [0, 0, 0] for name in loads}
     same = True
     for r in range(args.rounds):
         for name, prompts in loads.items():
             outs = {}
             for m, engine in engines.items():
-                tps, outs[m] = timed_run(engine, prompts, args.concurrency)
+                before = engine.stats().spec
+                tps, outs[m] = timed_run(engine, prompts, args.concurrency, stop[name])
                 speeds.setdefault((name, m), []).append(tps)
                 print(f"round {r + 1} {name} {m}: {tps:.1f} tok/s", flush=True)
+                after = engine.stats().spec
+                if m == "ngram" and before is not None and after is not None:
+                    c = counts[name]
+                    c[0] += sum(max(len(o) - 1, 0) for o in outs[m])
+                    c[1] += after.draft_tokens - before.draft_tokens
+                    c[2] += after.accepted_tokens - before.accepted_tokens
             same = same and outs["ngram"] == outs["off"]
     backend = engines["off"].capacity
     lines = [
@@ -82,19 +100,27 @@ def main() -> None:
         f"{backend.backend} {backend.quantization}",
         "",
         f"{PROMPTS_PER_WORKLOAD} prompts per workload, {args.concurrency} at a time, greedy, "
-        f"up to {NEW_TOKENS} tokens; {args.rounds} rounds, each running off then ngram on "
-        "every workload; "
-        f"medians. Greedy outputs identical to off: {'yes' if same else 'NO'}.",
+        f"up to {NEW_TOKENS} tokens, stop strings {stop}; {args.rounds} rounds, "
+        "each running off then ngram on every workload; "
+        f"medians. Greedy outputs identical to off: {'yes' if same else 'NO'}. Output tokens/s "
+        "of the whole run, prefill included. Kept: accepted guesses / guessed tokens. Tokens "
+        "a step: decode tokens / decode steps with ngram, the speed-up if checking guesses "
+        "were free.",
         "",
-        "| workload | off tok/s | ngram tok/s | ngram / off | every round (off / ngram) |",
-        "| --- | --- | --- | --- | --- |",
+        "| workload | off tok/s | ngram tok/s | ngram / off | kept | tokens a step | "
+        "every round (off / ngram) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in loads:
         off, on = speeds[name, "off"], speeds[name, "ngram"]
         each = ", ".join(f"{a:.0f} / {b:.0f}" for a, b in zip(off, on, strict=True))
+        decoded, guessed, accepted = counts[name]
+        kept = f"{accepted / guessed:.0%}" if guessed else "-"
+        per_step = decoded / (decoded - accepted) if decoded > accepted else 0.0
         lines.append(
             f"| {name} | {statistics.median(off):.1f} | {statistics.median(on):.1f} | "
-            f"{statistics.median(on) / statistics.median(off):.2f}x | {each} |"
+            f"{statistics.median(on) / statistics.median(off):.2f}x | {kept} | "
+            f"{per_step:.2f} | {each} |"
         )
     write_report(lines, args.out)
 
