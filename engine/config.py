@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -126,13 +126,12 @@ class SpeculativeConfig(BaseModel):
     prompt_lookup_max: int = Field(
         5, ge=1, description="longest repeat of the last tokens looked for first"
     )
-    disable_by_batch_size: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
-        "auto",
-        description="auto: speculate at a batch size only while its steps that check guesses "
-        "make tokens faster than its plain steps, as measured while serving (the crossover "
-        "depends on the model: on 2 CPU cores SmolLM2-135M loses from 2 sequences, Gemma 3 "
-        "270M still gains 1.3-2x at 4; bench/speculative_ab.py); N: no speculation above N "
-        "running sequences; 0: at every batch size",
+    disable_by_batch_size: int = Field(
+        1,
+        ge=0,
+        description="no speculation in steps with more running sequences than this: measured "
+        "on CPU (bench/speculative_ab.py), guessing paid at 1 sequence (1.2-1.4x), was even "
+        "at 4 and lost on chat from 2 (0.95x); 0: never turned off",
         json_schema_extra={"flag": "speculative_disable_by_batch_size"},
     )
     suffix_max_tokens: int = Field(
@@ -141,15 +140,6 @@ class SpeculativeConfig(BaseModel):
         description="tokens of recent outputs the suffix index holds (oldest dropped first)",
         json_schema_extra={"flag": "speculative_suffix_max_tokens"},
     )
-
-    @field_validator("disable_by_batch_size", mode="before")
-    @classmethod
-    def _auto_or_count(cls, value: object) -> object:
-        if value == "auto" or isinstance(value, int):
-            return value
-        if isinstance(value, str) and value.strip().isdigit():
-            return int(value)
-        raise ValueError(f"must be auto or a number of running sequences, not {value!r}")
 
     @model_validator(mode="after")
     def _lookup_range(self) -> SpeculativeConfig:
@@ -166,12 +156,11 @@ class SpeculativeConfig(BaseModel):
         if self.method == "suffix":
             source += f" and the last {self.suffix_max_tokens:,} output tokens"
         limit = self.disable_by_batch_size
-        if limit == "auto":
-            when = "at the batch sizes where it is measured to pay"
-        elif limit:
-            when = f"off above {limit} running sequence{'s' if limit > 1 else ''}"
-        else:
-            when = "at every batch size"
+        when = (
+            f"off above {limit} running sequence{'s' if limit > 1 else ''}"
+            if limit
+            else "at every batch size"
+        )
         return (
             f"speculative decoding: {self.method}, up to {k} token{'s' if k > 1 else ''}, "
             f"{source}, {when}"

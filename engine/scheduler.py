@@ -230,18 +230,6 @@ class Scheduler:
                 self.speculator.verified(seq, len(s.guess), accepted)
             if emitted and not seq.is_finished:  # not aborted while the step ran
                 updates.append(self._append(seq, emitted, now))
-        decode_only = (
-            bool(out.scheduled)
-            and not out.preempted
-            and all(s.num_new_tokens - len(s.guess) == 1 for s in out.scheduled)
-        )
-        if self.speculator is not None and decode_only:  # what teaches the measured gate
-            self.speculator.step_done(
-                len(out.scheduled),
-                any(s.guess for s in out.scheduled),
-                len(result.sampled),
-                result.forward_seconds,
-            )
         return updates
 
     def _append(self, seq: Sequence, emitted: list[SampledToken], now: float) -> SequenceUpdate:

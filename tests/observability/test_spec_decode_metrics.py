@@ -61,8 +61,7 @@ async def test_scraped_speculation_counters_equal_the_engine_stats(
         model={"max_model_len": 512},
         cache={"kv_cache_memory": "64MiB", "block_size": 4},
         scheduler={"max_num_batched_tokens": 64},
-        # A fixed limit: the measured gate (the default) may pause on the tiny model's noise.
-        speculative={"method": "ngram", "num_speculative_tokens": K, "disable_by_batch_size": 1},
+        speculative={"method": "ngram", "num_speculative_tokens": K},
         server={"host": "127.0.0.1", "port": 0, "metrics_port": 0},
     )
     pod = EnginePod(config, bundle=tiny)

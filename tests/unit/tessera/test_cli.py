@@ -42,7 +42,6 @@ def test_settings_flags_reach_the_engine(capsys: pytest.CaptureFixture[str]) -> 
         (["--temperature", "-1"], "temperature"),
         (["--kv-cache-memory", "lots"], "not a size"),
         (["--max-model-len", "3"], "--max-model-len"),
-        (["--speculative-disable-by-batch-size", "often"], "--speculative-disable-by-batch-size"),
     ],
 )
 def test_bad_input_gives_one_clear_error_line(
