@@ -10,7 +10,7 @@ A model with a chat template gets each as a user turn; a base model (--model gem
 gets the same task as a text to continue, with stop strings where its answer ends
 (BASE_MODEL_STOP), as a user of a base model would set them.
 Each method runs in its own engine with speculation on at every batch size unless
---disable-by-batch-size says otherwise (the engine's own default is 4), so the table shows
+--disable-by-batch-size says otherwise (the engine's own default is 1), so the table shows
 where it stops paying; the greedy outputs of every method are checked identical to off.
 
     .venv/bin/python bench/speculative.py --out bench/results/speculative-DATE.md
@@ -313,8 +313,8 @@ def main() -> None:
         f"Greedy, up to {NEW_TOKENS} new tokens, EOS honoured, stop strings {stop}; "
         "output tokens/s of the whole "
         "batch, in-process engine (LLMEngine.generate), speculation off above "
-        f"{args.disable_by_batch_size or 'no'} running sequences; one run. Ratios against off "
-        "at the same concurrency.",
+        f"{args.disable_by_batch_size} running sequences (0: never off); one run. Ratios "
+        "against off at the same concurrency.",
         "",
         "| workload | concurrency | off tok/s | ngram tok/s | suffix tok/s | ngram / off | "
         "suffix / off | outputs identical |",

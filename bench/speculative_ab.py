@@ -1,6 +1,7 @@
 """Speculation against off, alternated over several rounds in one process, for figures
 steadier than one run: each round runs every workload's four prompts --concurrency at a time
-on the off engine, then on the ngram engine (speculation on at any batch size).
+on the off engine, then on the ngram engine, with --disable-by-batch-size as given (0, the
+default here: speculation at every batch size; the engine's own default is 1).
 
 Beside the speeds it reports what the ngram engine's counters say: the share of guessed
 tokens kept, and the output tokens per decode step. The latter is the speed-up speculation
@@ -37,15 +38,24 @@ PROMPTS_PER_WORKLOAD = 4
 
 def timed_run(
     engine: LLMEngine, prompts: list[list[int]], concurrency: int, stop: list[str]
-) -> tuple[float, list[list[int]]]:
-    """Output tokens/s of the prompts run ``concurrency`` at a time, and their outputs."""
+) -> tuple[float, float, list[list[int]]]:
+    """Output tokens/s of the prompts run ``concurrency`` at a time (prefill included), the
+    decode speed (tokens after each request's first over the seconds after it: one request's
+    tokens/s once it streams), and their outputs."""
     engine.kv.reset_prefix_cache()
     greedy = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, stop=stop)
     batches = [prompts[i : i + concurrency] for i in range(0, len(prompts), concurrency)]
-    outputs, t0 = [], time.perf_counter()
+    outputs, decode_tokens, decode_seconds, t0 = [], 0, 0.0, time.perf_counter()
     for batch in batches:
-        outputs += [r.completions[0].token_ids for r in engine.generate(batch, greedy)]
-    return sum(map(len, outputs)) / (time.perf_counter() - t0), outputs
+        for r in engine.generate(batch, greedy):
+            outputs.append(r.completions[0].token_ids)
+            first, last = r.timings.first_token, r.timings.finished
+            if first is not None and last is not None and len(outputs[-1]) > 1:
+                decode_tokens += len(outputs[-1]) - 1
+                decode_seconds += last - first
+    seconds = time.perf_counter() - t0
+    decode = decode_tokens / decode_seconds if decode_seconds else 0.0
+    return sum(map(len, outputs)) / seconds, decode, outputs
 
 
 def main() -> None:
@@ -53,6 +63,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--concurrency", type=int, choices=(1, 2, 4), default=1)
     parser.add_argument("--model", default="", help="model spec (default: the bundled model)")
+    parser.add_argument(
+        "--disable-by-batch-size", type=int, default=0,
+        help="--speculative-disable-by-batch-size of the ngram engine (0: always on)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     bundle = load_model(args.model or None)
@@ -63,7 +77,7 @@ def main() -> None:
             EngineConfig(
                 model={"path": args.model, "max_model_len": 2048},
                 cache={"kv_cache_memory": "1GiB"},
-                speculative={"method": m, "disable_by_batch_size": 0},
+                speculative={"method": m, "disable_by_batch_size": args.disable_by_batch_size},
             ),
             bundle=bundle,
         )
@@ -72,6 +86,7 @@ def main() -> None:
     for engine in engines.values():
         timed_run(engine, loads["chat"][:1], 1, [])  # warm
     speeds: dict[tuple[str, str], list[float]] = {}
+    decode_speeds: dict[tuple[str, str], list[float]] = {}
     # Per workload: decode tokens (outputs less each request's first, from its prefill),
     # guessed tokens and accepted guesses, summed over the rounds.
     counts: dict[str, list[int]] = {name: [0, 0, 0] for name in loads}
@@ -81,9 +96,10 @@ def main() -> None:
             outs = {}
             for m, engine in engines.items():
                 before = engine.stats().spec
-                tps, outs[m] = timed_run(engine, prompts, args.concurrency, stop[name])
+                tps, decode, outs[m] = timed_run(engine, prompts, args.concurrency, stop[name])
                 speeds.setdefault((name, m), []).append(tps)
-                print(f"round {r + 1} {name} {m}: {tps:.1f} tok/s", flush=True)
+                decode_speeds.setdefault((name, m), []).append(decode)
+                print(f"round {r + 1} {name} {m}: {tps:.1f} tok/s, decode {decode:.1f}", flush=True)
                 after = engine.stats().spec
                 if m == "ngram" and before is not None and after is not None:
                     c = counts[name]
@@ -100,16 +116,18 @@ def main() -> None:
         f"{backend.backend} {backend.quantization}",
         "",
         f"{PROMPTS_PER_WORKLOAD} prompts per workload, {args.concurrency} at a time, greedy, "
-        f"up to {NEW_TOKENS} tokens, stop strings {stop}; {args.rounds} rounds, "
+        f"up to {NEW_TOKENS} tokens, stop strings {stop}; speculation off above "
+        f"{args.disable_by_batch_size} running sequences (0: never off); {args.rounds} rounds, "
         "each running off then ngram on every workload; "
-        f"medians. Greedy outputs identical to off: {'yes' if same else 'NO'}. Output tokens/s "
-        "of the whole run, prefill included. Kept: accepted guesses / guessed tokens. Tokens "
-        "a step: decode tokens / decode steps with ngram, the speed-up if checking guesses "
-        "were free.",
+        f"medians. Greedy outputs identical to off: {'yes' if same else 'NO'}. Tok/s: output "
+        "tokens over the whole run, prefill included. Decode: each request's tokens after its "
+        "first over the seconds after it (what a streaming user sees). Kept: accepted guesses "
+        "/ guessed tokens. Tokens a step: decode tokens / decode steps with ngram, the decode "
+        "speed-up if checking guesses were free.",
         "",
-        "| workload | off tok/s | ngram tok/s | ngram / off | kept | tokens a step | "
-        "every round (off / ngram) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| workload | off tok/s | ngram tok/s | ngram / off | decode off / ngram tok/s | "
+        "decode ngram / off | kept | tokens a step | every round (off / ngram tok/s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in loads:
         off, on = speeds[name, "off"], speeds[name, "ngram"]
@@ -117,10 +135,12 @@ def main() -> None:
         decoded, guessed, accepted = counts[name]
         kept = f"{accepted / guessed:.0%}" if guessed else "-"
         per_step = decoded / (decoded - accepted) if decoded > accepted else 0.0
+        d_off = statistics.median(decode_speeds[name, "off"])
+        d_on = statistics.median(decode_speeds[name, "ngram"])
         lines.append(
             f"| {name} | {statistics.median(off):.1f} | {statistics.median(on):.1f} | "
-            f"{statistics.median(on) / statistics.median(off):.2f}x | {kept} | "
-            f"{per_step:.2f} | {each} |"
+            f"{statistics.median(on) / statistics.median(off):.2f}x | {d_off:.1f} / {d_on:.1f} | "
+            f"{d_on / d_off:.2f}x | {kept} | {per_step:.2f} | {each} |"
         )
     write_report(lines, args.out)
 
