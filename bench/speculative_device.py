@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.api import SamplingParams
+from engine.backend_choice import median_step_seconds
 from engine.backends import BatchInputs
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
@@ -65,19 +65,6 @@ def verify_inputs(seqs: int, rows: int, context: int, vocab: int) -> BatchInputs
         query_start_loc=np.arange(len(ids) + 1, dtype=np.int64),
         logits_indices=np.arange(len(ids), dtype=np.int64),
     )
-
-
-def step_seconds(engine: LLMEngine, inputs: BatchInputs, repeats: int) -> float:
-    """Median seconds of backend.forward (logits copied to the host: synchronised)."""
-    backend = engine.runner.backend
-    for _ in range(3):
-        backend.forward(inputs)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        backend.forward(inputs)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -127,7 +114,8 @@ def main() -> None:
     for seqs in (1, 8):
         plain = 0.0
         for k in (0, 1, 2, 4, 8):
-            ms = step_seconds(engine, verify_inputs(seqs, 1 + k, args.context, vocab), args.repeats)
+            inputs = verify_inputs(seqs, 1 + k, args.context, vocab)
+            ms = median_step_seconds(engine.runner.backend, inputs, args.repeats)
             plain = plain or ms
             lines.append(
                 f"| {seqs} | {k} | {seqs * (1 + k)} | {ms * 1e3:.2f} | {ms / plain:.2f}x |"
