@@ -5,8 +5,10 @@ from engine.backends import torch_backend as _torch_backend  # noqa: F401  (regi
 from engine.backends.base import (
     BACKENDS,
     Backend,
+    BackendConfigError,
     BackendOptions,
     BackendTarget,
+    BackendUnavailableError,
     BatchInputs,
     backend_class,
     create_backend,
@@ -16,8 +18,10 @@ from engine.backends.base import (
 __all__ = [
     "BACKENDS",
     "Backend",
+    "BackendConfigError",
     "BackendOptions",
     "BackendTarget",
+    "BackendUnavailableError",
     "BatchInputs",
     "backend_class",
     "create_backend",

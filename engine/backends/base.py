@@ -15,6 +15,16 @@ from engine.config import BackendConfig
 from engine.model_source import ModelBundle
 
 
+class BackendConfigError(ValueError):
+    """The backend refuses a setting or model (a mixture of experts on ONNX, int8 off the
+    CPU, a KV block size its graph was not built for, ...): said in one line at start-up."""
+
+
+class BackendUnavailableError(RuntimeError):
+    """What the settings ask for is missing here (an ONNX Runtime provider, a CUDA device,
+    the native CPU kernels): said in one line at start-up."""
+
+
 @dataclass
 class BatchInputs:
     """One step's batch, flattened over sequences (the same for every backend)."""

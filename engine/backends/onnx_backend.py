@@ -19,12 +19,19 @@ import torch
 
 from engine.backends.base import (
     Backend,
+    BackendConfigError,
     BackendOptions,
     BackendTarget,
+    BackendUnavailableError,
     BatchInputs,
     register_backend,
 )
-from engine.backends.onnx_graph import GRAPH_VERSION, GraphOptions, build_model_file
+from engine.backends.onnx_graph import (
+    GRAPH_BLOCK_SIZE,
+    GRAPH_VERSION,
+    GraphOptions,
+    build_model_file,
+)
 from engine.cpu_features import cpu_id
 from engine.model.attention import kv_pool_tensor
 from engine.model_source import ModelBundle
@@ -45,7 +52,7 @@ def _require_provider(provider: str) -> str:
     import onnxruntime as ort
 
     if provider not in PROVIDERS:
-        raise ValueError(
+        raise BackendConfigError(
             f"unknown ONNX Runtime provider {provider!r}; use one of {list(PROVIDERS)}"
         )
     ep = PROVIDERS[provider]
@@ -56,7 +63,7 @@ def _require_provider(provider: str) -> str:
             "tensorrt": "install onnxruntime-gpu and the TensorRT runtime libraries "
             "(deploy/docker/Dockerfile.gpu has both)",
         }.get(provider, "")
-        raise RuntimeError(
+        raise BackendUnavailableError(
             f"{ep} is not available in this onnxruntime build (available: "
             f"{', '.join(available)}); {hint}"
         )
@@ -78,7 +85,7 @@ class OnnxOptions(BackendOptions):
 @register_backend("onnx")
 class OnnxBackend(Backend):
     """The step graph under ONNX Runtime; INT8 = dynamic on CPU, static QDQ for TensorRT.
-    Serves every dense family; refuses mixture-of-experts models (ValueError)."""
+    Serves every dense family; refuses mixture-of-experts models (BackendConfigError)."""
 
     forced_provider: str | None = None
     options: OnnxOptions
@@ -106,23 +113,23 @@ class OnnxBackend(Backend):
         if bundle.config.num_experts:
             # The step graph would trace the experts a sample batch happens to pick (the
             # mixture's Python loop), not routing: refused before any export is attempted.
-            raise ValueError(
+            raise BackendConfigError(
                 f"backend {self.name} does not support mixture-of-experts models yet; "
                 "use --backend torch"
             )
         import onnxruntime as ort
 
         if options.quantization not in ("none", "int8"):
-            raise ValueError(
+            raise BackendConfigError(
                 f"backend {self.name} has no quantization mode {options.quantization!r}"
             )
         if options.dtype != "float32":
-            raise ValueError(
+            raise BackendConfigError(
                 f"backend {self.name} runs float32 activations and KV (use --quantization int8 "
                 "for INT8 weights); got --dtype " + options.dtype
             )
         if options.graph_optimization not in _OPT_LEVELS:
-            raise ValueError(f"graph optimization must be one of {_OPT_LEVELS}")
+            raise BackendConfigError(f"graph optimization must be one of {_OPT_LEVELS}")
         provider = self.provider = options.provider
         ep = _require_provider(provider)
         int8 = options.quantization == "int8"
@@ -208,6 +215,12 @@ class OnnxBackend(Backend):
         return self.bundle.config.kv_bytes_per_token(4) * block_size
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
+        if block_size != GRAPH_BLOCK_SIZE:
+            raise BackendConfigError(
+                f"backend {self.name} runs {GRAPH_BLOCK_SIZE}-token KV blocks (its step graph "
+                f"is built for them), not --block-size {block_size}; leave --block-size at "
+                f"{GRAPH_BLOCK_SIZE} or use --backend torch"
+            )
         cfg = self.bundle.config
         self.pool = torch.zeros(0)  # release the old pool before taking the new one
         self.pool = kv_pool_tensor(

@@ -193,13 +193,17 @@ def export_float(bundle: ModelBundle, path: Path, max_positions: int, fused: boo
         )
 
 
+# The KV block size the step graph is traced with: the backend refuses any other.
+GRAPH_BLOCK_SIZE = 16
+
+
 def sample_inputs(
     bundle: ModelBundle,
     num_seqs: int,
     tokens_per_seq: int,
     past_blocks: int,
     pool_blocks: int,
-    block_size: int = 16,
+    block_size: int = GRAPH_BLOCK_SIZE,
     token_ids: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """A valid graph input: ``num_seqs`` sequences with no cached tokens (block tables

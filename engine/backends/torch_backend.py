@@ -12,8 +12,10 @@ import torch
 
 from engine.backends.base import (
     Backend,
+    BackendConfigError,
     BackendOptions,
     BackendTarget,
+    BackendUnavailableError,
     BatchInputs,
     register_backend,
 )
@@ -54,16 +56,20 @@ def linear_kernel_for(
     cpu_float32 = device.type == "cpu" and dtype == torch.float32
     if options.quantization == "int8":
         if not cpu_float32:
-            raise ValueError("backend torch's int8 mode is a CPU mode over float32 activations")
+            raise BackendConfigError(
+                "backend torch's int8 mode is a CPU mode over float32 activations"
+            )
         if native is None:
-            raise RuntimeError(
+            raise BackendUnavailableError(
                 "backend torch's int8 mode runs on the native CPU kernels (engine/kernels), "
                 "which are turned off (--native-kernels false) or could not be built here"
             )
         return "int8-blocks"
     if options.weight_dtype == "bfloat16":
         if not cpu_float32:
-            raise ValueError("--weight-dtype bfloat16 is a CPU mode over float32 activations")
+            raise BackendConfigError(
+                "--weight-dtype bfloat16 is a CPU mode over float32 activations"
+            )
         native_bf16 = torch.backends.mkldnn.is_available() and onednn_runs_bfloat16()
         return "onednn-bfloat16" if native_bf16 else "bfloat16"
     if device.type != "cpu":
@@ -93,11 +99,15 @@ class TorchBackend(Backend):
     def __init__(self, bundle: ModelBundle, options: TorchOptions) -> None:
         super().__init__(bundle, options)
         if options.quantization not in ("none", "int8"):
-            raise ValueError(f"backend torch has no quantization mode {options.quantization!r}")
+            raise BackendConfigError(
+                f"backend torch has no quantization mode {options.quantization!r}"
+            )
         if options.dtype not in _DTYPES:
-            raise ValueError(f"unknown dtype {options.dtype!r}; use one of {sorted(_DTYPES)}")
+            raise BackendConfigError(
+                f"unknown dtype {options.dtype!r}; use one of {sorted(_DTYPES)}"
+            )
         if options.device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError("device cuda requested but no CUDA device is visible")
+            raise BackendUnavailableError("device cuda requested but no CUDA device is visible")
         self.activate()
         self.device = torch.device(options.device)
         self.dtype = _DTYPES[options.dtype]

@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.backends import BackendConfigError, BackendUnavailableError
     from engine.service.server import EnginePod  # grpc and the model stack load only here
     from engine.warmup import KVCapacityError
 
@@ -37,6 +38,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         return asyncio.run(EnginePod(config).serve_forever())
-    except (ModelSourceError, KVCapacityError, OSError) as e:
+    except (
+        ModelSourceError,
+        KVCapacityError,
+        BackendConfigError,
+        BackendUnavailableError,
+        OSError,
+    ) as e:
         print(f"tessera engine: error: {e}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from engine.api import InvalidRequestError, SamplingParams, SamplingParamsError
+from engine.backends import BackendUnavailableError
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model_source import ModelSourceError
@@ -81,7 +82,13 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         results = engine.generate(texts, params)
         elapsed = time.perf_counter() - t0
-    except (ModelSourceError, InvalidRequestError, SamplingParamsError, OSError) as e:
+    except (
+        ModelSourceError,
+        InvalidRequestError,
+        SamplingParamsError,
+        BackendUnavailableError,
+        OSError,
+    ) as e:
         print(f"tessera generate: error: {e}", file=sys.stderr)
         return 2
     except ValidationError as e:

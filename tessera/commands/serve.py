@@ -70,6 +70,7 @@ async def _serve(config: ServeConfig) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.backends import BackendConfigError, BackendUnavailableError
     from engine.model_source import ModelSourceError
     from engine.warmup import KVCapacityError
 
@@ -87,6 +88,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         return asyncio.run(_serve(config))
-    except (ModelSourceError, KVCapacityError, OSError) as e:
+    except (
+        ModelSourceError,
+        KVCapacityError,
+        BackendConfigError,
+        BackendUnavailableError,
+        OSError,
+    ) as e:
         print(f"tessera serve: error: {e}", file=sys.stderr)
         return 2

@@ -89,3 +89,26 @@ def test_a_kv_budget_too_small_for_the_context_is_one_line_at_start(
     assert code == 2
     assert err[-1].startswith("tessera engine: error: KV cache budget")
     assert "--kv-cache-memory" in err[-1] and not any("Traceback" in line for line in err)
+
+
+MOE_TINY = 'dummy:{"model_type": "mixtral", "num_local_experts": 4, "num_experts_per_tok": 2}'
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--backend", "onnx", "--block-size", "4"], "16-token KV blocks"),
+        (["--model", MOE_TINY, "--backend", "onnx"], "mixture-of-experts"),
+    ],
+)
+def test_a_setting_the_backend_refuses_is_one_line_at_start(
+    args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["engine", "--model", "dummy:tiny", "--kv-cache-memory", "64MiB", "--host", "127.0.0.1",
+         "--port", "0", "--metrics-port", "0", *args]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("tessera engine: error: ") and needle in err[-1]
+    assert not any("Traceback" in line for line in err)
