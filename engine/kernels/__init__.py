@@ -8,6 +8,7 @@ linear kernel for one named instruction set, so tests run every path the CPU can
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -65,7 +66,7 @@ def _build(name: str, sources: list[Path], cflags: list[str]) -> ModuleType:
     venv_bin = str(Path(sys.executable).parent)
     if shutil.which("ninja") is None and venv_bin not in os.environ.get("PATH", ""):
         os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
-    from torch.utils.cpp_extension import load
+    from torch.utils.cpp_extension import _get_build_directory, load
 
     def build() -> ModuleType:
         return load(
@@ -77,10 +78,18 @@ def _build(name: str, sources: list[Path], cflags: list[str]) -> ModuleType:
             verbose=False,
         )
 
-    if _is_built(name, sources):
-        return build()
-    with Progress("compiling the native CPU kernels for this CPU", one_time=True):
-        return build()
+    # torch marks a build in progress with a plain "lock" file and waits, without end, for
+    # it to go: a process killed while building (a stopped `tessera serve`, a test run
+    # interrupted) left every later start hanging here. Builds go through an flock, which
+    # the OS drops with its holder, so whoever holds it knows that a "lock" file is stale.
+    build_dir = Path(_get_build_directory(name, verbose=False))
+    with open(build_dir / "tessera-build.flock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        (build_dir / "lock").unlink(missing_ok=True)
+        if _is_built(name, sources):
+            return build()
+        with Progress("compiling the native CPU kernels for this CPU", one_time=True):
+            return build()
 
 
 def _is_built(name: str, sources: list[Path]) -> bool:

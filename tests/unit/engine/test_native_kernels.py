@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +16,8 @@ from engine.kernels import load_cpu_kernels
 from engine.model.attention import PagedKVCache
 from engine.model.linear import Projection
 from engine.model.rope import RotaryEmbedding, apply_rope
+
+ROOT = Path(__file__).resolve().parents[3]
 
 KERNELS = load_cpu_kernels()
 pytestmark = pytest.mark.skipif(KERNELS is None, reason="no C++ toolchain to build kernels")
@@ -74,3 +82,24 @@ def test_float_projection_decodes_few_rows_from_the_plain_weight() -> None:
     for rows in (1, 4, 5, 32):  # the GEMV kernel up to 4 rows, oneDNN beyond
         x = torch.randn(rows, 576)
         torch.testing.assert_close(proj(x), x @ reference.t(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_build_killed_midway_does_not_hang_the_next_start(tmp_path: Path) -> None:
+    """torch waits without end while its build "lock" file exists; one left by a killed build
+    (a stopped server, an interrupted test run) must not stop the next start."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    name = "tessera_cpu_kernels"
+    built = Path(_get_build_directory(name, verbose=False))
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    where = (
+        "from torch.utils.cpp_extension import _get_build_directory as g; "
+        f"print(g({name!r}, False))"
+    )
+    copy = Path(subprocess.run([sys.executable, "-c", where], env=env, capture_output=True,
+                               text=True, check=True).stdout.strip())  # fmt: skip
+    shutil.copytree(built, copy, dirs_exist_ok=True)  # the build, up to date: no compile
+    (copy / "lock").touch()
+    load = "from engine.kernels import load_cpu_kernels; assert load_cpu_kernels() is not None"
+    done = subprocess.run([sys.executable, "-c", load], env=env, timeout=120, cwd=ROOT)
+    assert done.returncode == 0 and not (copy / "lock").exists()
