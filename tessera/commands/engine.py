@@ -7,8 +7,8 @@ import asyncio
 import sys
 
 from engine.config import EnginePodConfig
-from engine.model_source import ModelSourceError
 from tessera.cli_args import add_settings_flags, parse_settings
+from tessera.commands import start_up_errors
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,9 +22,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.backends import BackendConfigError, BackendUnavailableError
     from engine.service.server import EnginePod  # grpc and the model stack load only here
-    from engine.warmup import KVCapacityError
 
     config = parse_settings("engine", EnginePodConfig, args)
     if config is None:
@@ -38,12 +36,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         return asyncio.run(EnginePod(config).serve_forever())
-    except (
-        ModelSourceError,
-        KVCapacityError,
-        BackendConfigError,
-        BackendUnavailableError,
-        OSError,
-    ) as e:
+    except start_up_errors() as e:
         print(f"tessera engine: error: {e}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ from gateway.settings_parts import (
     SemanticCacheConfig,
 )
 from tessera.cli_args import add_settings_flags, parse_settings
+from tessera.commands import start_up_errors
 
 
 class ServeConfig(EngineConfig):
@@ -70,9 +71,6 @@ async def _serve(config: ServeConfig) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.backends import BackendConfigError, BackendUnavailableError
-    from engine.model_source import ModelSourceError
-    from engine.warmup import KVCapacityError
 
     config = parse_settings("serve", ServeConfig, args)
     if config is None:
@@ -88,12 +86,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         return asyncio.run(_serve(config))
-    except (
-        ModelSourceError,
-        KVCapacityError,
-        BackendConfigError,
-        BackendUnavailableError,
-        OSError,
-    ) as e:
+    except start_up_errors() as e:
         print(f"tessera serve: error: {e}", file=sys.stderr)
         return 2
