@@ -12,10 +12,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from engine.api import InvalidRequestError, SamplingParams, SamplingParamsError
-from engine.backends import BackendUnavailableError
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
-from engine.model_source import ModelSourceError
 from tessera.cli_args import (
     add_dataclass_flags,
     add_settings_flags,
@@ -23,6 +21,7 @@ from tessera.cli_args import (
     flag_for,
     settings_overrides,
 )
+from tessera.commands import start_up_errors
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,6 +68,11 @@ def _to_prompt(engine: LLMEngine, item: Any, args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    errors: tuple[type[Exception], ...] = (
+        *start_up_errors(),
+        InvalidRequestError,
+        SamplingParamsError,
+    )
     try:
         prompts = _read_prompts(args)
         if not prompts:
@@ -82,13 +86,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         results = engine.generate(texts, params)
         elapsed = time.perf_counter() - t0
-    except (
-        ModelSourceError,
-        InvalidRequestError,
-        SamplingParamsError,
-        BackendUnavailableError,
-        OSError,
-    ) as e:
+    except errors as e:
         print(f"tessera generate: error: {e}", file=sys.stderr)
         return 2
     except ValidationError as e:

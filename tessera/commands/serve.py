@@ -71,7 +71,6 @@ async def _serve(config: ServeConfig) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-
     config = parse_settings("serve", ServeConfig, args)
     if config is None:
         return 2
