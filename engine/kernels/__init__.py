@@ -53,6 +53,12 @@ BLOCK_LINEAR_ISAS: dict[str, tuple[list[str], tuple[str, ...]]] = {
         ["-mavx2", "-mfma", "-mf16c", "-mno-avx512f", "-mno-avxvnni"],
         ("avx2", "fma", "f16c"),
     ),
+    # AVX-VNNI (the VEX form of vpdpwssd, 256-bit only): Intel from Alder Lake and Sapphire
+    # Rapids; a CPU with AVX-512 VNNI too serves from that path, so only this build runs it.
+    "avx_vnni": (
+        ["-mavx2", "-mfma", "-mf16c", "-mavxvnni", "-mno-avx512f"],
+        ("avx2", "fma", "f16c", "avx_vnni"),
+    ),
     "avx512_vnni": (
         ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],
         ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
