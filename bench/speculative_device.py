@@ -76,6 +76,12 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--steps-only", action="store_true", help="skip the greedy run")
+    parser.add_argument(
+        "--guesses", default="0,1,2,4,8", help="guesses per sequence to time, comma-separated"
+    )
+    parser.add_argument(
+        "--sequences", default="1,8", help="sequences per step to time, comma-separated"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     bundle = load_model(f"dummy:{args.preset}")
@@ -111,9 +117,10 @@ def main() -> None:
         "| sequences | guesses each | rows | step ms | vs plain decode |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for seqs in (1, 8):
+    guesses = sorted({0, *(int(k) for k in args.guesses.split(","))})
+    for seqs in (int(s) for s in args.sequences.split(",")):
         plain = 0.0
-        for k in (0, 1, 2, 4, 8):
+        for k in guesses:
             inputs = verify_inputs(seqs, 1 + k, args.context, vocab)
             ms = median_step_seconds(engine.runner.backend, inputs, args.repeats)
             plain = plain or ms

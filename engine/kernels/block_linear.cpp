@@ -46,6 +46,10 @@ constexpr int64_t kPairSteps = kBlock / 2;
 constexpr int64_t kRowBlock = 64;  // rows per pass over a thread's weights (prefill chunks)
 
 constexpr int kTileRows = 4;  // 8 rows measured no faster (1.35-1.48x oneDNN vs 1.36-1.63x)
+// A step of 5 to 8 rows (one sequence checking speculative guesses, two checking three each)
+// goes through its weights once, all rows in one tile where 32 vector registers hold them:
+// in tiles of 4 the fifth row cost another pass (a 5-row step 1.56x a 1-row one, 4 rows 1.27x).
+constexpr int kWideTileRows = 8;
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 // 4 rows x 2 zmm panel pairs of accumulators: 1.6x oneDNN float32 at 32 rows (3 pairs: 1.4x)
 constexpr int kMultiRowPanels = 4;
@@ -424,7 +428,7 @@ void tile512_mr(const Gemm& g, int mr, int64_t r, int64_t p, int64_t cols) {
 }
 #endif
 
-// Rows [r, r + mr) x panels [p, p + nr), mr <= kTileRows and nr <= NR.
+// Rows [r, r + mr) x panels [p, p + nr), mr <= kWideTileRows and nr <= NR.
 template <int NR>
 void tile_rows(const Gemm& g, int mr, int nr, int64_t r, int64_t p, int64_t cols) {
   if (nr < NR) {
@@ -435,12 +439,16 @@ void tile_rows(const Gemm& g, int mr, int nr, int64_t r, int64_t p, int64_t cols
   // Pairs of panels in 512-bit registers, an odd last panel in 256-bit ones.
   if constexpr (NR >= 2) {
     const int64_t pair_cols = std::min<int64_t>(cols, NR / 2 * 2 * kPanel);
-    tile512_mr<kTileRows, NR / 2>(g, mr, r, p, pair_cols);
+    if (mr > kTileRows)
+      tile512_mr<kWideTileRows, NR / 2>(g, mr, r, p, pair_cols);
+    else
+      tile512_mr<kTileRows, NR / 2>(g, mr, r, p, pair_cols);
     if constexpr (NR % 2 == 1) tile_rows<1>(g, mr, 1, r, p + NR - 1, cols - pair_cols);
     return;
   }
 #endif
-  tile_mr<kTileRows, NR>(g, mr, r, p, cols);
+  for (int i = 0; i < mr; i += kTileRows)
+    tile_mr<kTileRows, NR>(g, std::min(kTileRows, mr - i), r + i, p, cols);
 }
 
 struct Call {
@@ -527,6 +535,11 @@ torch::Tensor block_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor 
   // One row (single-stream decode) is bound by reading the weights: 4 panels a tile keep more
   // loads in flight. More rows reuse each weight vector for 4 rows (4 x 2 accumulators).
   const int nr_max = rows == 1 ? 4 : kMultiRowPanels;
+#if defined(TESSERA_BLOCK_ZMM)
+  const int64_t row_tile = rows <= kWideTileRows ? rows : kTileRows;
+#else
+  const int64_t row_tile = kTileRows;
+#endif
   const int64_t panels = packed.size(0);
   const int64_t groups = (panels + nr_max - 1) / nr_max;
   at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
@@ -536,8 +549,8 @@ torch::Tensor block_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor 
         const int64_t p = grp * nr_max;
         const int nr = static_cast<int>(std::min<int64_t>(nr_max, panels - p));
         const int64_t cols = std::min<int64_t>(n - p * kPanel, nr * kPanel);
-        for (int64_t r = r0; r < r1; r += kTileRows) {
-          const int mr = static_cast<int>(std::min<int64_t>(kTileRows, r1 - r));
+        for (int64_t r = r0; r < r1; r += row_tile) {
+          const int mr = static_cast<int>(std::min<int64_t>(row_tile, r1 - r));
           switch (nr_max) {
             case 6: tile_rows<6>(g, mr, nr, r, p, cols); break;
             case 4: tile_rows<4>(g, mr, nr, r, p, cols); break;
