@@ -209,6 +209,8 @@ def bench_llama_server(
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
+            if proc.poll() is not None:
+                raise SystemExit(f"llama-server exited with {proc.returncode}: {' '.join(cmd)}")
             try:
                 with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
                     if r.status == 200:
@@ -250,6 +252,10 @@ def main() -> None:
     parser.add_argument(
         "--llama-spec-args", default="", help="llama-server flags of its own speculation"
     )
+    parser.add_argument(
+        "--llama-args", default="",
+        help="llama-server flags for every run (--no-repack where its repacking crashes)",
+    )  # fmt: skip
     args = parser.parse_args()
     bundle = load_model(args.model or None)
     loads = workloads(bundle.tokenizer)
@@ -298,9 +304,10 @@ def main() -> None:
     peers: dict[str, dict[tuple[str, int], float]] = {}
     if args.llama_server:
         gguf = Path(bundle.source)
-        peers["llama-server"] = bench_llama_server(args.llama_server, gguf, loads, stop, [])
+        common = args.llama_args.split()
+        peers["llama-server"] = bench_llama_server(args.llama_server, gguf, loads, stop, common)
         if args.llama_spec_args:
-            extra = args.llama_spec_args.split()
+            extra = [*common, *args.llama_spec_args.split()]
             peers["llama-server " + args.llama_spec_args] = bench_llama_server(
                 args.llama_server, gguf, loads, stop, extra
             )
@@ -332,7 +339,8 @@ def main() -> None:
     if peers:
         lines += [
             "",
-            "llama.cpp's llama-server (-np 32 -cb) on the same GGUF and prompt token ids, through "
+            f"llama.cpp's llama-server (-np 32 -cb {args.llama_args}".rstrip()
+            + ") on the same GGUF and prompt token ids, through "
             "its /completion API (greedy, same token limit, prompt cache off), against Tessera's "
             "best method in-process:",
             "",
