@@ -20,6 +20,31 @@ def test_longest_recurring_suffix_wins_and_the_latest_occurrence_continues() -> 
     assert find_continuation(tokens, 10, 2, 5)[0] == [9, 9, 2, 3, 7, 8, 1, 2, 3]
 
 
+def _continuation_by_scans(tokens: np.ndarray, k: int, min_n: int, max_n: int):
+    """The definition, plainly: every window of every length, longest first, latest wins."""
+    total = len(tokens)
+    for n in range(min(max_n, total - 1), min_n - 1, -1):
+        for start in range(total - 1 - n, -1, -1):
+            if (tokens[start : start + n] == tokens[total - n :]).all():
+                return tokens[start + n : start + n + k].tolist(), n
+    return [], 0
+
+
+def test_continuation_equals_the_plain_definition_on_random_sequences() -> None:
+    rng = np.random.default_rng(0)
+    found = 0
+    for _ in range(3000):
+        vocab = int(rng.integers(2, 12))  # small vocabularies: many partial repeats
+        tokens = rng.integers(0, vocab, size=int(rng.integers(1, 40)))
+        min_n = int(rng.integers(1, 4))
+        max_n = int(rng.integers(min_n, 7))
+        k = int(rng.integers(1, 6))
+        want = _continuation_by_scans(tokens, k, min_n, max_n)
+        assert find_continuation(tokens, k, min_n, max_n) == want, (tokens, k, min_n, max_n)
+        found += want[1] > 0
+    assert 1000 < found < 2900  # both outcomes are exercised
+
+
 def test_no_guess_without_a_repeat_or_below_the_shortest_match() -> None:
     assert find_continuation(np.arange(20), 4, 2, 5) == ([], 0)
     # Only a 1-token repeat ("5"): below prompt_lookup_min 2.
