@@ -439,10 +439,7 @@ void tile_rows(const Gemm& g, int mr, int nr, int64_t r, int64_t p, int64_t cols
   // Pairs of panels in 512-bit registers, an odd last panel in 256-bit ones.
   if constexpr (NR >= 2) {
     const int64_t pair_cols = std::min<int64_t>(cols, NR / 2 * 2 * kPanel);
-    if (mr > kTileRows)
-      tile512_mr<kWideTileRows, NR / 2>(g, mr, r, p, pair_cols);
-    else
-      tile512_mr<kTileRows, NR / 2>(g, mr, r, p, pair_cols);
+    tile512_mr<kWideTileRows, NR / 2>(g, mr, r, p, pair_cols);  // recurses down to mr rows
     if constexpr (NR % 2 == 1) tile_rows<1>(g, mr, 1, r, p + NR - 1, cols - pair_cols);
     return;
   }
@@ -533,7 +530,8 @@ torch::Tensor block_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor 
   const int64_t rows = x.size(0);
   if (rows == 0) return call.out;
   // One row (single-stream decode) is bound by reading the weights: 4 panels a tile keep more
-  // loads in flight. More rows reuse each weight vector for 4 rows (4 x 2 accumulators).
+  // loads in flight. More rows reuse each weight vector for 4 rows (4 x 2 accumulators), or
+  // on AVX-512 for all of a step's 2 to 8 rows (kWideTileRows).
   const int nr_max = rows == 1 ? 4 : kMultiRowPanels;
 #if defined(TESSERA_BLOCK_ZMM)
   const int64_t row_tile = rows <= kWideTileRows ? rows : kTileRows;

@@ -42,8 +42,10 @@ def find_continuation(tokens: np.ndarray, k: int, min_n: int, max_n: int) -> tup
     backwards, one comparison per suffix length, instead of one scan of the whole sequence
     per length (which took 60-140 us a step, most of a chat step's speculation overhead)."""
     total = len(tokens)
+    if total < 2 or min_n > max_n:
+        return [], 0
     ends = np.flatnonzero(tokens[: total - 1] == tokens[total - 1])  # never the suffix itself
-    if ends.size == 0 or min_n > max_n:
+    if ends.size == 0:
         return [], 0
     matched = np.ones(ends.size, dtype=np.int64)  # suffix tokens each place matches so far
     alive = np.ones(ends.size, dtype=bool)
