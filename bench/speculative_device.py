@@ -31,40 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.api import SamplingParams
 from engine.backend_choice import median_step_seconds
-from engine.backends import BatchInputs
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model_source import load_model
+from engine.spec_decode.step_cost import decode_rows_inputs
 
 BLOCK = 16
-
-
-def verify_inputs(seqs: int, rows: int, context: int, vocab: int) -> BatchInputs:
-    """``seqs`` sequences of ``context`` tokens, each fed ``rows`` tokens as one-token decode
-    entries (rows = 1: a plain decode step; 1 + k: a step checking k guesses)."""
-    blocks_per_seq = -(-(context + rows) // BLOCK)
-    ids: list[int] = []
-    pos: list[int] = []
-    slots: list[int] = []
-    lens: list[int] = []
-    tables: list[np.ndarray] = []
-    for s in range(seqs):
-        table = np.arange(s * blocks_per_seq, (s + 1) * blocks_per_seq, dtype=np.int64)
-        for p in range(context, context + rows):
-            ids.append((s * 7919 + p) % vocab)
-            pos.append(p)
-            slots.append(table[p // BLOCK] * BLOCK + p % BLOCK)
-            tables.append(table)
-            lens.append(p + 1)
-    return BatchInputs(
-        token_ids=np.asarray(ids, dtype=np.int64),
-        positions=np.asarray(pos, dtype=np.int64),
-        slot_mapping=np.asarray(slots, dtype=np.int64),
-        block_tables=np.stack(tables),
-        context_lens=np.asarray(lens, dtype=np.int64),
-        query_start_loc=np.arange(len(ids) + 1, dtype=np.int64),
-        logits_indices=np.arange(len(ids), dtype=np.int64),
-    )
 
 
 def main() -> None:
@@ -121,7 +93,7 @@ def main() -> None:
     for seqs in (int(s) for s in args.sequences.split(",")):
         plain = 0.0
         for k in guesses:
-            inputs = verify_inputs(seqs, 1 + k, args.context, vocab)
+            inputs = decode_rows_inputs(seqs, 1 + k, args.context, BLOCK)
             ms = median_step_seconds(engine.runner.backend, inputs, args.repeats)
             plain = plain or ms
             lines.append(

@@ -118,7 +118,11 @@ class SpeculativeConfig(BaseModel):
         json_schema_extra={"flag": "speculative"},
     )
     num_speculative_tokens: int = Field(
-        4, ge=1, le=16, description="most guessed tokens checked per sequence and step"
+        8,
+        ge=1,
+        le=16,
+        description="most guessed tokens checked per sequence and step (fewer where the "
+        "measured step cost and the guesses' record say more would not pay)",
     )
     prompt_lookup_min: int = Field(
         2, ge=1, description="shortest repeat of the last tokens that makes a guess"
@@ -134,6 +138,14 @@ class SpeculativeConfig(BaseModel):
         "at 4 and lost on chat from 2 (0.95x); 0: never turned off",
         json_schema_extra={"flag": "speculative_disable_by_batch_size"},
     )
+    guess_cost: float | None = Field(
+        None,
+        ge=0.0,
+        description="what checking one more guessed token adds to a step, as a share of a "
+        "plain decode step; unset: measured on the backend at start-up (0: every guess found "
+        "is checked in full)",
+        json_schema_extra={"flag": "speculative_guess_cost"},
+    )
     suffix_max_tokens: int = Field(
         65536,
         ge=1024,
@@ -147,8 +159,9 @@ class SpeculativeConfig(BaseModel):
             raise ValueError("--prompt-lookup-min must not exceed --prompt-lookup-max")
         return self
 
-    def summary(self) -> str:
-        """What speculation runs, in one line for start-up banners."""
+    def summary(self, guess_cost: float | None = None) -> str:
+        """What speculation runs, in one line for start-up banners; ``guess_cost``: what the
+        engine found a guessed token to add to a step (its measured step-cost curve)."""
         if self.method == "off":
             return "speculative decoding: off"
         k = self.num_speculative_tokens
@@ -161,9 +174,16 @@ class SpeculativeConfig(BaseModel):
             if limit
             else "at every batch size"
         )
+        cost = self.guess_cost if guess_cost is None else guess_cost
+        priced = (
+            ""
+            if cost is None
+            else f" (as many as pay: a guessed token adds {cost:.2f} of a step"
+            + (", measured)" if self.guess_cost is None else ")")
+        )
         return (
-            f"speculative decoding: {self.method}, up to {k} token{'s' if k > 1 else ''}, "
-            f"{source}, {when}"
+            f"speculative decoding: {self.method}, up to {k} token{'s' if k > 1 else ''}"
+            f"{priced}, {source}, {when}"
         )
 
 

@@ -33,6 +33,7 @@ from engine.sampler import Sampler
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
 from engine.spec_decode import SpecStats, Speculator, create_proposer
+from engine.spec_decode.step_cost import StepCosts, measure_step_costs
 from engine.structured_output import GrammarManager
 from engine.warmup import EngineCapacity, kv_pool_blocks, warm_up
 
@@ -96,6 +97,7 @@ class LLMEngine:
         warm_tokens = min(sched.max_num_batched_tokens, self.max_model_len)
         with Progress(f"warming up ({warm_tokens}-token prefill)"):
             _, prefill_tps = warm_up(self.backend, warm_tokens, cache.block_size)
+        step_costs = self._step_costs(warm_tokens)
         num_blocks = kv_pool_blocks(self.backend, cache, self.max_model_len)
         self.backend.allocate_kv_cache(num_blocks, cache.block_size)
         self.capacity = EngineCapacity(
@@ -118,7 +120,11 @@ class LLMEngine:
         )
         self.kv = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
         proposer = create_proposer(config.speculative)
-        self.speculator = Speculator(config.speculative, proposer) if proposer else None
+        self.speculator = (
+            Speculator(config.speculative, proposer, step_costs)
+            if proposer and step_costs
+            else None
+        )
         self.scheduler = Scheduler(sched, self.kv, self.speculator)
         sampler = Sampler(torch.Generator().manual_seed(config.model.seed))
         self.runner = ModelRunner(self.backend, cache.block_size, sampler)
@@ -217,6 +223,24 @@ class LLMEngine:
 
     def has_unfinished(self) -> bool:
         return self.scheduler.num_unfinished > 0
+
+    def _step_costs(self, pool_tokens: int) -> StepCosts | None:
+        """What a step checking guesses costs (None when speculation is off): as configured,
+        or measured on warm-up's scratch pool (which holds ``pool_tokens`` tokens)."""
+        spec = self.config.speculative
+        rows = spec.num_speculative_tokens + 1
+        if spec.method == "off":
+            return None
+        if spec.guess_cost is not None:
+            return StepCosts.linear(spec.guess_cost, rows)
+        with Progress(f"measuring decode steps of 1 to {rows} rows (speculation)"):
+            return measure_step_costs(self.backend, rows, self.config.cache.block_size, pool_tokens)
+
+    def speculation_summary(self) -> str:
+        """The start-up banner's line on speculative decoding, with the measured guess cost."""
+        spec = self.config.speculative
+        cost = self.speculator.costs.per_row if self.speculator is not None else None
+        return spec.summary(cost)
 
     # ---- the loop --------------------------------------------------------
     def step(self) -> list[RequestOutput]:

@@ -46,7 +46,7 @@ async def build_embedded(config: ServeConfig, engine: LLMEngine | None = None) -
     cap = core.capacity
     server.engine_summary = (
         f"{cap.backend} {cap.quantization} on {cap.device}: {cap.backend_reason}\n"
-        f"{cap.pool_summary()}\n{core.config.speculative.summary()}"
+        f"{cap.pool_summary()}\n{core.speculation_summary()}"
     )
 
     async def shutdown() -> None:

@@ -166,7 +166,7 @@ class EnginePod:
         self._ready_gauge.set(1)
         await self._set_health(_SERVING)
         log.info("engine ready in %.1fs: %s", time.perf_counter() - t0, core.capacity.summary())
-        log.info("%s", core.config.speculative.summary())
+        log.info("%s", core.speculation_summary())
 
     async def drain(self, timeout: float | None = None) -> int:
         """Refuse new work, wait for in-flight streams, abort stragglers; returns #aborted."""

@@ -21,8 +21,9 @@ from engine.spec_decode.suffix_index import SuffixIndex
 class Proposer(Protocol):
     """Guesses up to ``k`` next tokens of a sequence from its tokens so far."""
 
-    def propose(self, tokens: Seq[int], k: int) -> list[int]:
-        """Up to k guessed tokens ([] when there is no guess)."""
+    def propose(self, tokens: Seq[int], k: int) -> tuple[list[int], int]:
+        """(up to k guessed tokens, the length of the repeat of the sequence's last tokens
+        they continue: a longer repeat is a safer guess); ([], 0) when there is no guess."""
         ...
 
     def observe(self, prompt: Seq[int], output: Seq[int]) -> None:
@@ -69,9 +70,8 @@ class NgramProposer:
     def __init__(self, min_n: int, max_n: int) -> None:
         self.min_n, self.max_n = min_n, max_n
 
-    def propose(self, tokens: Seq[int], k: int) -> list[int]:
-        guess, _ = find_continuation(np.asarray(tokens, dtype=np.int64), k, self.min_n, self.max_n)
-        return guess
+    def propose(self, tokens: Seq[int], k: int) -> tuple[list[int], int]:
+        return find_continuation(np.asarray(tokens, dtype=np.int64), k, self.min_n, self.max_n)
 
     def observe(self, prompt: Seq[int], output: Seq[int]) -> None:
         return None
@@ -88,12 +88,10 @@ class SuffixProposer:
         self.min_n, self.max_n = min_n, max_n
         self.index = SuffixIndex(min_n, max_n, max_tokens)
 
-    def propose(self, tokens: Seq[int], k: int) -> list[int]:
-        own, own_n = find_continuation(
-            np.asarray(tokens, dtype=np.int64), k, self.min_n, self.max_n
-        )
-        seen, seen_n = self.index.continuation(tokens, k)
-        return seen if seen_n > own_n else own
+    def propose(self, tokens: Seq[int], k: int) -> tuple[list[int], int]:
+        own = find_continuation(np.asarray(tokens, dtype=np.int64), k, self.min_n, self.max_n)
+        seen = self.index.continuation(tokens, k)
+        return seen if seen[1] > own[1] else own
 
     def observe(self, prompt: Seq[int], output: Seq[int]) -> None:
         # The last prompt tokens lead into the output: keep them so the output's first tokens

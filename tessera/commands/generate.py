@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         config = EngineConfig(**settings_overrides(args))
         engine = LLMEngine(config)
         print(f"[tessera] {engine.capacity.summary()}", file=sys.stderr)
-        print(f"[tessera] {config.speculative.summary()}", file=sys.stderr)
+        print(f"[tessera] {engine.speculation_summary()}", file=sys.stderr)
         texts = [_to_prompt(engine, p, args) for p in prompts]
         t0 = time.perf_counter()
         results = engine.generate(texts, params)

@@ -81,7 +81,8 @@ async def test_every_panel_query_returns_data(tiny: ModelBundle, tmp_path: Path)
         limits={"rpm": 6},
         rag={"enabled": True, "port": 0, "data_dir": tmp_path / "rag"},
         semantic_cache={"enabled": True},
-        speculative={"method": "ngram"},  # the speculation panels need its counters
+        # the speculation panels need its counters: every guess found is checked
+        speculative={"method": "ngram", "guess_cost": 0.0},
     ) as server:
         prom = Prometheus(
             tmp_path,

@@ -61,7 +61,8 @@ async def test_scraped_speculation_counters_equal_the_engine_stats(
         model={"max_model_len": 512},
         cache={"kv_cache_memory": "64MiB", "block_size": 4},
         scheduler={"max_num_batched_tokens": 64},
-        speculative={"method": "ngram", "num_speculative_tokens": K},
+        # A set guess cost: what the engine measures at start-up depends on the machine.
+        speculative={"method": "ngram", "num_speculative_tokens": K, "guess_cost": 0.1},
         server={"host": "127.0.0.1", "port": 0, "metrics_port": 0},
     )
     pod = EnginePod(config, bundle=tiny)
@@ -71,8 +72,8 @@ async def test_scraped_speculation_counters_equal_the_engine_stats(
     prom = Prometheus(tmp_path, {"tessera-engine": f"127.0.0.1:{pod.ports.http}"})
     try:
         assert (
-            "speculative decoding: ngram, up to 4 tokens, prompt lookup 2..5, "
-            "off above 1 running sequence"
+            "speculative decoding: ngram, up to 4 tokens (as many as pay: a guessed token "
+            "adds 0.10 of a step), prompt lookup 2..5, off above 1 running sequence"
         ) in [r.getMessage() for r in caplog.records]
         # fewer sequences at once than disable_by_batch_size, so every step may guess
         for prompt in PROMPTS:

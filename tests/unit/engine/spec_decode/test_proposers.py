@@ -48,22 +48,23 @@ def test_continuation_equals_the_plain_definition_on_random_sequences() -> None:
 def test_no_guess_without_a_repeat_or_below_the_shortest_match() -> None:
     assert find_continuation(np.arange(20), 4, 2, 5) == ([], 0)
     # Only a 1-token repeat ("5"): below prompt_lookup_min 2.
-    assert NgramProposer(2, 5).propose([5, 6, 7, 5], 3) == []
-    assert NgramProposer(1, 5).propose([5, 6, 7, 5], 3) == [6, 7, 5]
+    assert NgramProposer(2, 5).propose([5, 6, 7, 5], 3) == ([], 0)
+    assert NgramProposer(1, 5).propose([5, 6, 7, 5], 3) == ([6, 7, 5], 1)
 
 
 def test_suffix_index_continues_from_other_requests_outputs() -> None:
     proposer = SuffixProposer(2, 4, max_tokens=1000)
-    assert proposer.propose([10, 11, 12], 3) == []
+    assert proposer.propose([10, 11, 12], 3) == ([], 0)
     proposer.observe([1, 2, 10, 11], [12, 40, 41, 42, 43])
     # A new request ending in "11 12" continues as the stored output did.
-    assert proposer.propose([7, 11, 12], 3) == [40, 41, 42]
+    assert proposer.propose([7, 11, 12], 3) == ([40, 41, 42], 2)
     # A tie in match length goes to the sequence's own text, a longer match wins.
-    assert proposer.propose([11, 12, 99, 5, 11, 12], 3) == [99, 5, 11]
+    assert proposer.propose([11, 12, 99, 5, 11, 12], 3) == ([99, 5, 11], 2)
     own = [30, 11, 12, 77, 30, 11, 12]
-    assert proposer.propose(own, 2) == [77, 30]  # "30 11 12" (3) beats the stored "11 12" (2)
+    # "30 11 12" (3) beats the stored "11 12" (2)
+    assert proposer.propose(own, 2) == ([77, 30], 3)
     proposer.reset()
-    assert proposer.propose([7, 11, 12], 3) == []
+    assert proposer.propose([7, 11, 12], 3) == ([], 0)
 
 
 def test_suffix_index_memory_stays_bounded_and_forgets_the_oldest() -> None:

@@ -34,15 +34,21 @@ def tiny() -> ModelBundle:
 
 
 def engine_for(
-    bundle: ModelBundle, method: str = "off", kv: str = "64MiB", **sched: Any
+    bundle: ModelBundle,
+    method: str = "off",
+    kv: str = "64MiB",
+    guess_cost: float | None = 0.0,
+    **sched: Any,
 ) -> LLMEngine:
+    """guess_cost 0 (the default here): every guess found is checked in full, whatever this
+    machine's step costs, so each test exercises verification the same way everywhere."""
     return LLMEngine(
         EngineConfig(
             model={"max_model_len": 512},
             cache={"kv_cache_memory": kv, "block_size": 4},
             scheduler={"max_num_batched_tokens": 64, **sched},
             backend={"name": "torch", "quantization": "int8"},
-            speculative={"method": method, "disable_by_batch_size": 0},
+            speculative={"method": method, "disable_by_batch_size": 0, "guess_cost": guess_cost},
         ),
         bundle=bundle,
     )
@@ -83,7 +89,7 @@ def test_greedy_equal_with_chunked_prefill_preemption_and_prefix_hits(
             cache={"kv_cache_memory": kv, "block_size": 4},
             scheduler={"max_num_batched_tokens": 64},
             backend={"name": "torch", "quantization": "int8"},
-            speculative={"method": "ngram", "disable_by_batch_size": 0},
+            speculative={"method": "ngram", "disable_by_batch_size": 0, "guess_cost": 0.0},
         ),
         bundle=tiny,
     )
@@ -132,13 +138,13 @@ class _Oracle:
     def __init__(self, prompts: list[list[int]], outputs: list[list[int]]) -> None:
         self.runs = list(zip(prompts, outputs, strict=True))
 
-    def propose(self, tokens: Any, k: int) -> list[int]:
+    def propose(self, tokens: Any, k: int) -> tuple[list[int], int]:
         for prompt, output in self.runs:
             if list(tokens[: len(prompt)]) == prompt:
                 done = len(tokens) - len(prompt)
                 guess = output[done : done + k]
-                return [t + 1 if (done + i) % 3 == 2 else t for i, t in enumerate(guess)]
-        return []
+                return [t + 1 if (done + i) % 3 == 2 else t for i, t in enumerate(guess)], 2
+        return [], 0
 
     def observe(self, prompt: Any, output: Any) -> None: ...
 
@@ -188,8 +194,8 @@ class _FixedGuess:
     def __init__(self, guess: list[int]) -> None:
         self.guess = guess
 
-    def propose(self, tokens: Any, k: int) -> list[int]:
-        return self.guess[:k]
+    def propose(self, tokens: Any, k: int) -> tuple[list[int], int]:
+        return self.guess[:k], 2
 
     def observe(self, prompt: Any, output: Any) -> None: ...
 
@@ -225,7 +231,7 @@ def test_onnx_backend_verifies_guesses_on_its_decode_path(tiny: ModelBundle) -> 
                 model={"max_model_len": 512},
                 cache={"kv_cache_memory": "64MiB", "block_size": 16},
                 backend={"name": "onnx", "quantization": "none"},
-                speculative={"method": method, "disable_by_batch_size": 0},
+                speculative={"method": method, "disable_by_batch_size": 0, "guess_cost": 0.0},
             ),
             bundle=tiny,
         )
@@ -235,3 +241,19 @@ def test_onnx_backend_verifies_guesses_on_its_decode_path(tiny: ModelBundle) -> 
     on, spec = run("ngram")
     assert on == off
     assert spec is not None and spec.accepted_tokens > 0
+
+
+def test_guess_lengths_from_measured_step_costs_keep_greedy_output(
+    tiny: ModelBundle, expected: list[list[int]]
+) -> None:
+    # The default: the step-cost curve measured at start-up decides how much of each guess is
+    # checked. Which guesses pay depends on this machine; the output may not.
+    engine = engine_for(tiny, "ngram", guess_cost=None)
+    assert engine.speculator is not None
+    costs = engine.speculator.costs
+    k = engine.config.speculative.num_speculative_tokens
+    assert len(costs.ratios) == k + 1 and costs.ratios[0] == 1.0
+    assert costs.ratios == sorted(costs.ratios)
+    assert "measured)" in engine.speculation_summary()
+    assert tokens(engine.generate(PROMPTS, GREEDY)) == expected
+    assert engine.kv.num_free_blocks == engine.kv.num_blocks
