@@ -37,17 +37,26 @@ PROMPTS_PER_WORKLOAD = 4
 
 
 def timed_run(
-    engine: LLMEngine, prompts: list[list[int]], concurrency: int, stop: list[str]
+    engine: LLMEngine,
+    prompts: list[list[int]],
+    concurrency: int,
+    stop: list[str],
+    temperature: float = 0.0,
 ) -> tuple[float, float, list[list[int]]]:
     """Output tokens/s of the prompts run ``concurrency`` at a time (prefill included), the
     decode speed (tokens after each request's first over the seconds after it: one request's
-    tokens/s once it streams), and their outputs."""
+    tokens/s once it streams), and their outputs. Sampled runs (temperature > 0) seed each
+    prompt by its place, so both engines draw the same tokens."""
     engine.kv.reset_prefix_cache()
-    greedy = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, stop=stop)
-    batches = [prompts[i : i + concurrency] for i in range(0, len(prompts), concurrency)]
+    params = [
+        SamplingParams(max_tokens=NEW_TOKENS, temperature=temperature, seed=i, stop=stop)
+        for i in range(len(prompts))
+    ]
+    at = range(0, len(prompts), concurrency)
+    batches = [(prompts[i : i + concurrency], params[i : i + concurrency]) for i in at]
     outputs, decode_tokens, decode_seconds, t0 = [], 0, 0.0, time.perf_counter()
-    for batch in batches:
-        for r in engine.generate(batch, greedy):
+    for batch, batch_params in batches:
+        for r in engine.generate(batch, batch_params):
             outputs.append(r.completions[0].token_ids)
             first, last = r.timings.first_token, r.timings.finished
             if first is not None and last is not None and len(outputs[-1]) > 1:
@@ -67,6 +76,9 @@ def main() -> None:
         "--disable-by-batch-size", type=int, default=0,
         help="--speculative-disable-by-batch-size of the ngram engine (0: always on)",
     )  # fmt: skip
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="0: greedy; else seeded sampling"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     bundle = load_model(args.model or None)
@@ -96,7 +108,9 @@ def main() -> None:
             outs = {}
             for m, engine in engines.items():
                 before = engine.stats().spec
-                tps, decode, outs[m] = timed_run(engine, prompts, args.concurrency, stop[name])
+                tps, decode, outs[m] = timed_run(
+                    engine, prompts, args.concurrency, stop[name], args.temperature
+                )
                 speeds.setdefault((name, m), []).append(tps)
                 decode_speeds.setdefault((name, m), []).append(decode)
                 print(f"round {r + 1} {name} {m}: {tps:.1f} tok/s, decode {decode:.1f}", flush=True)
@@ -108,6 +122,7 @@ def main() -> None:
                     c[2] += after.accepted_tokens - before.accepted_tokens
             same = same and outs["ngram"] == outs["off"]
     backend = engines["off"].capacity
+    drawn = f"sampled at temperature {args.temperature} (seeded)" if args.temperature else "greedy"
     lines = [
         f"# Speculation at {args.concurrency} concurrent, alternated, {datetime.date.today()}",
         "",
@@ -115,11 +130,11 @@ def main() -> None:
         f"Machine: {describe()}; torch {torch.__version__}; model {bundle.name}, "
         f"{backend.backend} {backend.quantization}",
         "",
-        f"{PROMPTS_PER_WORKLOAD} prompts per workload, {args.concurrency} at a time, greedy, "
+        f"{PROMPTS_PER_WORKLOAD} prompts per workload, {args.concurrency} at a time, {drawn}, "
         f"up to {NEW_TOKENS} tokens, stop strings {stop}; speculation off above "
         f"{args.disable_by_batch_size} running sequences (0: never off); {args.rounds} rounds, "
         "each running off then ngram on every workload; "
-        f"medians. Greedy outputs identical to off: {'yes' if same else 'NO'}. Tok/s: output "
+        f"medians. Outputs identical to off: {'yes' if same else 'NO'}. Tok/s: output "
         "tokens over the whole run, prefill included. Decode: each request's tokens after its "
         "first over the seconds after it (what a streaming user sees). Kept: accepted guesses "
         "/ guessed tokens. Tokens a step: decode tokens / decode steps with ngram, the decode "
