@@ -15,6 +15,7 @@ from engine.api import SamplingParams
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model_source import ModelBundle, load_model
+from tests.unit.engine.spec_decode.fakes import FixedGuess
 
 # Text that repeats, so guesses from earlier tokens are often right, beside text that does not.
 PROMPTS = [
@@ -188,20 +189,6 @@ def _chi_square_critical(df: int, z: float = 3.09) -> float:
     return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
 
 
-class _FixedGuess:
-    """Always guesses the same tokens: the test chooses what is verified."""
-
-    def __init__(self, guess: list[int]) -> None:
-        self.guess = guess
-
-    def propose(self, tokens: Any, k: int) -> tuple[list[int], int]:
-        return self.guess[:k], 2
-
-    def observe(self, prompt: Any, output: Any) -> None: ...
-
-    def reset(self) -> None: ...
-
-
 def test_sampling_with_speculation_keeps_the_distribution(tiny: ModelBundle) -> None:
     draws = 1500
     params = SamplingParams(max_tokens=2, temperature=1.0, top_k=6, ignore_eos=True)
@@ -214,7 +201,7 @@ def test_sampling_with_speculation_keeps_the_distribution(tiny: ModelBundle) -> 
     second = Counter(t[1] for t in counts_off.elements()).most_common(1)[0][0]
     on = engine_for(tiny, "ngram", max_waiting=draws)
     assert on.speculator is not None
-    on.speculator.proposer = _FixedGuess([first[1], second])
+    on.speculator.proposer = FixedGuess([first[1], second])
     counts_on = Counter(tuple(t) for t in tokens(on.generate(prompt * draws, params)))
     spec = on.stats().spec
     assert spec is not None and 0 < spec.accepted_tokens < spec.draft_tokens

@@ -3,8 +3,6 @@ and the choice between them."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 
@@ -13,6 +11,7 @@ from engine.config import SpeculativeConfig
 from engine.sequence import Sequence
 from engine.spec_decode.speculator import Acceptance, Speculator, best_guess_length
 from engine.spec_decode.step_cost import StepCosts
+from tests.unit.engine.spec_decode.fakes import FixedGuess
 
 
 def test_step_costs_are_monotone_and_extend_the_last_slope() -> None:
@@ -66,20 +65,6 @@ def test_positions_beyond_the_first_miss_are_not_counted() -> None:
     assert acc.tried[2].tolist() == [3, 3, 2, 2]
 
 
-class _Repeats:
-    """Always proposes the same guess, as a prompt lookup would on a copying request."""
-
-    def __init__(self, guess: list[int]) -> None:
-        self.guess = guess
-
-    def propose(self, tokens: Any, k: int) -> tuple[list[int], int]:
-        return self.guess[:k], 3
-
-    def observe(self, prompt: Any, output: Any) -> None: ...
-
-    def reset(self) -> None: ...
-
-
 def _sequence(seq_id: int) -> Sequence:
     return Sequence(seq_id, f"r{seq_id}", [1, 2, 3], SamplingParams(max_tokens=100),
                     max_total_tokens=512)  # fmt: skip
@@ -87,7 +72,7 @@ def _sequence(seq_id: int) -> Sequence:
 
 def test_speculator_guesses_further_for_requests_whose_guesses_are_kept() -> None:
     config = SpeculativeConfig(method="ngram", num_speculative_tokens=6)
-    spec = Speculator(config, _Repeats(list(range(10, 16))), StepCosts.linear(0.25, 7))
+    spec = Speculator(config, FixedGuess(list(range(10, 16)), repeat=3), StepCosts.linear(0.25, 7))
     copying, chatting = _sequence(1), _sequence(2)
     first = spec.guess(copying, budget=64, rows=1)
     assert 0 < len(first) < 6  # an even chance a position: a short guess first
