@@ -228,9 +228,9 @@ class LLMEngine:
         """What a step checking guesses costs (None when speculation is off): as configured,
         or measured on warm-up's scratch pool (which holds ``pool_tokens`` tokens)."""
         spec = self.config.speculative
-        rows = spec.num_speculative_tokens + 1
         if spec.method == "off":
             return None
+        rows = spec.num_speculative_tokens + 1
         if spec.guess_cost is not None:
             return StepCosts.linear(spec.guess_cost, rows)
         with Progress(f"measuring decode steps of 1 to {rows} rows (speculation)"):

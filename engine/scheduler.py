@@ -139,9 +139,7 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             n = self._chunk(seq.num_tokens - seq.num_computed_tokens, budget)
-            # The step's rows so far: what is scheduled, plus one for each sequence left.
-            rows = self.config.max_num_batched_tokens - budget + len(self.running) - i
-            guess = self._guess(seq, n, budget, rows) if speculate else []
+            guess = self._guess(seq, n, budget, len(self.running) - i) if speculate else []
             # Without room for the guess, the sequence's own token is scheduled as usual.
             if guess and self.kv.allocate_slots(seq, n + len(guess)) is not None:
                 out.scheduled.append(
@@ -167,10 +165,15 @@ class Scheduler:
             s.block_ids = self.kv.block_ids(s.seq.seq_id)
         return out
 
-    def _guess(self, seq: Sequence, n: int, budget: int, rows: int) -> list[int]:
-        """The speculator's guess for a decoding sequence (one token left to feed)."""
+    def _guess(self, seq: Sequence, n: int, budget: int, unscheduled: int) -> list[int]:
+        """The speculator's guess for a decoding sequence (one token left to feed), with
+        ``unscheduled`` running sequences left in this step, ``seq`` included."""
         assert self.speculator is not None
-        return self.speculator.guess(seq, budget, rows) if n == 1 else []
+        if n != 1:
+            return []
+        # The step's rows so far: what is scheduled, plus one for each sequence left.
+        rows = self.config.max_num_batched_tokens - budget + unscheduled
+        return self.speculator.guess(seq, budget, rows)
 
     def _chunk(self, remaining: int, budget: int) -> int:
         n = min(remaining, budget)

@@ -9,11 +9,9 @@ the machine the engine runs on instead of assumed.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import numpy as np
 
+from engine.backend_choice import median_step_seconds
 from engine.backends import Backend, BatchInputs
 
 _CONTEXT = 256  # tokens already cached before the measured rows (a short chat's context)
@@ -83,14 +81,8 @@ def measure_step_costs(
     count measures what fits; StepCosts extends the curve."""
     rows_measured = max(1, min(max_rows, pool_tokens))
     context = max(0, min(_CONTEXT, pool_tokens - rows_measured))
-    medians = []
-    for rows in range(1, rows_measured + 1):
-        inputs = decode_rows_inputs(1, rows, context, block_size)
-        backend.forward(inputs)  # the first call of a shape may pay one-off costs
-        times = []
-        for _ in range(_REPEATS):
-            t0 = time.perf_counter()
-            backend.forward(inputs)
-            times.append(time.perf_counter() - t0)
-        medians.append(statistics.median(times))
+    medians = [
+        median_step_seconds(backend, decode_rows_inputs(1, rows, context, block_size), _REPEATS)
+        for rows in range(1, rows_measured + 1)
+    ]
     return StepCosts([m / medians[0] for m in medians])
