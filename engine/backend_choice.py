@@ -150,15 +150,17 @@ def measure_decode(backend: Backend, batches: tuple[int, ...] = SPEED_BATCHES) -
     }
 
 
+def step_seconds(backend: Backend, inputs: BatchInputs) -> float:
+    """The time of one forward pass over ``inputs``."""
+    t = time.perf_counter()
+    backend.forward(inputs)
+    return time.perf_counter() - t
+
+
 def median_step_seconds(backend: Backend, inputs: BatchInputs, steps: int = _SPEED_STEPS) -> float:
     """The median time of ``steps`` forward passes over ``inputs``, after one warm-up pass."""
     backend.forward(inputs)
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        backend.forward(inputs)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(step_seconds(backend, inputs) for _ in range(steps))
 
 
 class _Records:

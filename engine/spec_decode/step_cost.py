@@ -9,13 +9,15 @@ the machine the engine runs on instead of assumed.
 
 from __future__ import annotations
 
+import statistics
+
 import numpy as np
 
-from engine.backend_choice import median_step_seconds
+from engine.backend_choice import step_seconds
 from engine.backends import Backend, BatchInputs
 
 _CONTEXT = 256  # tokens already cached before the measured rows (a short chat's context)
-_REPEATS = 7
+_REPEATS = 9
 
 
 def decode_rows_inputs(seqs: int, rows: int, context: int, block_size: int) -> BatchInputs:
@@ -75,14 +77,22 @@ class StepCosts:
 def measure_step_costs(
     backend: Backend, max_rows: int, block_size: int, pool_tokens: int
 ) -> StepCosts:
-    """Median step times of one sequence fed 1..max_rows rows after up to _CONTEXT cached
-    tokens, on the backend's current pool (blocks from 0 on, ``pool_tokens`` tokens of them:
-    warm-up's scratch pool), as multiples of the one-row step. A pool too small for every row
-    count measures what fits; StepCosts extends the curve."""
+    """Step times of one sequence fed 1..max_rows rows after up to _CONTEXT cached tokens, on
+    the backend's current pool (blocks from 0 on, ``pool_tokens`` tokens of them: warm-up's
+    scratch pool), as multiples of the one-row step: the median of _REPEATS rounds, each
+    timing every row count once, so a machine whose speed drifts while it measures (shared
+    cores) moves every row count alike instead of bending the curve. A pool too small for
+    every row count measures what fits; StepCosts extends the curve."""
     rows_measured = max(1, min(max_rows, pool_tokens))
     context = max(0, min(_CONTEXT, pool_tokens - rows_measured))
-    medians = [
-        median_step_seconds(backend, decode_rows_inputs(1, rows, context, block_size), _REPEATS)
-        for rows in range(1, rows_measured + 1)
+    inputs = [
+        decode_rows_inputs(1, rows, context, block_size) for rows in range(1, rows_measured + 1)
     ]
+    for batch in inputs:
+        backend.forward(batch)  # warm
+    times: list[list[float]] = [[] for _ in inputs]
+    for _ in range(_REPEATS):
+        for batch, row_times in zip(inputs, times, strict=True):
+            row_times.append(step_seconds(backend, batch))
+    medians = [statistics.median(t) for t in times]
     return StepCosts([m / medians[0] for m in medians])

@@ -3,14 +3,18 @@ and the choice between them."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
+from engine import backend_choice
 from engine.api import SamplingParams
+from engine.backends import BatchInputs
 from engine.config import SpeculativeConfig
 from engine.sequence import Sequence
 from engine.spec_decode.speculator import Acceptance, Speculator, best_guess_length
-from engine.spec_decode.step_cost import StepCosts
+from engine.spec_decode.step_cost import StepCosts, measure_step_costs
 from tests.unit.engine.spec_decode.fakes import FixedGuess
 
 
@@ -23,6 +27,34 @@ def test_step_costs_are_monotone_and_extend_the_last_slope() -> None:
     assert StepCosts.linear(0.25, 3).ratios == [1.0, 1.25, 1.5]
     with pytest.raises(ValueError):
         StepCosts([1.2, 1.5])
+
+
+class DriftingBackend:
+    """A step of r rows takes r seconds of a clock that runs slower with every step (a shared
+    machine slowing down while the curve is measured)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.steps = 0
+
+    def forward(self, inputs: BatchInputs) -> None:
+        self.steps += 1
+        self.now += len(inputs.positions) * (1.0 + 0.02 * self.steps)
+
+    def clock(self) -> float:
+        return self.now
+
+
+def test_step_costs_are_measured_in_rounds_so_drift_does_not_bend_the_curve(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    backend = DriftingBackend()
+    monkeypatch.setattr(backend_choice, "time", SimpleNamespace(perf_counter=backend.clock))
+    costs = measure_step_costs(backend, 9, 16, 512)  # type: ignore[arg-type]
+    # Every row count timed once a round: 9 rows cost 9 one-row steps within the drift of one
+    # round (timed one row count after another, 7 steps each, it read 19.5).
+    assert costs.ratios[-1] == pytest.approx(9.0, rel=0.15)
+    assert costs.ratios == sorted(costs.ratios)
 
 
 def test_best_length_weighs_the_chance_of_each_position_against_its_cost() -> None:
