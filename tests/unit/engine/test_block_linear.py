@@ -25,9 +25,11 @@ KERNELS = load_cpu_kernels()
 needs_kernels = pytest.mark.skipif(KERNELS is None, reason="no C++ toolchain to build kernels")
 VECTOR_ISAS = list(BLOCK_LINEAR_ISAS)
 # Rows 5 to 8 take one wide tile where 32 registers allow; 24 and 40 columns end on an odd panel.
+# Rows in every tiling: one row; one tile of 2-8 (AVX-512); 9 and 13 split evenly into two
+# (5 + 4, 7 + 6); 33 into five; 70 in a pass of 64 and one of 6.
 SHAPES = [
     (1, 960, 576), (1, 44, 70), (3, 17, 33), (5, 576, 1536), (6, 24, 128), (7, 40, 64),
-    (8, 44, 70), (33, 96, 576), (70, 24, 128),
+    (8, 44, 70), (9, 40, 64), (13, 24, 128), (33, 96, 576), (70, 24, 128),
 ]  # fmt: skip
 
 
