@@ -31,13 +31,16 @@ _SETTLED_TRIES = 8
 class Acceptance:
     """Kept / tried counts of guessed positions (position j counted only when the j before it
     were kept), by the length of the repeat the guess continued, over every request; and
-    each running request's own counts by position."""
+    each running request's own counts by position, apart for guesses that continue only its
+    last token recurring (a repeat of 1) and those that continue a longer repeat: a request
+    that copies its prompt is seldom right after a lone token, and those misses must not
+    stop its copying."""
 
     def __init__(self, max_repeat: int, positions: int) -> None:
         # Each starts at 1 kept of 2 tried: an even chance before anything is seen.
         self.kept = np.ones((max_repeat + 1, positions))
         self.tried = np.full((max_repeat + 1, positions), 2.0)
-        self._own: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._own: dict[tuple[int, bool], tuple[np.ndarray, np.ndarray]] = {}
 
     def chances(self, seq_id: int, repeat: int, k: int) -> np.ndarray:
         """The chance that each of k guessed positions is kept if the ones before it were."""
@@ -45,7 +48,7 @@ class Acceptance:
         for j in range(1, k):
             if self.tried[repeat, j] < _SETTLED_TRIES:
                 chance[j] = max(chance[j], chance[j - 1])
-        own = self._own.get(seq_id)
+        own = self._own.get((seq_id, repeat > 1))
         if own is not None:
             kept, tried = own
             chance = (kept[:k] + _OWN_WEIGHT * chance) / (tried[:k] + _OWN_WEIGHT)
@@ -53,14 +56,15 @@ class Acceptance:
 
     def record(self, seq_id: int, repeat: int, guessed: int, accepted: int) -> None:
         positions = self.kept.shape[1]
-        own = self._own.setdefault(seq_id, (np.zeros(positions), np.zeros(positions)))
+        own = self._own.setdefault((seq_id, repeat > 1), (np.zeros(positions), np.zeros(positions)))
         tried = min(guessed, accepted + 1)  # positions reached: the kept ones and the first miss
         for counts_kept, counts_tried in ((self.kept[repeat], self.tried[repeat]), own):
             counts_tried[:tried] += 1
             counts_kept[:accepted] += 1
 
     def forget(self, seq_id: int) -> None:
-        self._own.pop(seq_id, None)
+        self._own.pop((seq_id, False), None)
+        self._own.pop((seq_id, True), None)
 
 
 def best_guess_length(chances: np.ndarray, costs: StepCosts, rows: int) -> int:

@@ -90,6 +90,17 @@ def test_acceptance_learns_per_repeat_length_and_per_request() -> None:
     )
 
 
+def test_a_requests_misses_after_a_lone_token_do_not_stop_its_copying() -> None:
+    acc = Acceptance(max_repeat=5, positions=4)
+    for _ in range(10):
+        acc.record(seq_id=1, repeat=4, guessed=4, accepted=4)  # copying: kept
+        acc.record(seq_id=1, repeat=1, guessed=2, accepted=0)  # after a lone token: missed
+    assert (acc.chances(seq_id=1, repeat=4, k=4) > 0.9).all()
+    assert acc.chances(seq_id=1, repeat=1, k=1)[0] < 0.1
+    # A repeat of 2 or more is judged by the request's copying record, whatever its length.
+    assert acc.chances(seq_id=1, repeat=2, k=1)[0] > 0.6
+
+
 def test_positions_beyond_the_first_miss_are_not_counted() -> None:
     acc = Acceptance(max_repeat=2, positions=4)
     acc.record(seq_id=1, repeat=2, guessed=4, accepted=1)  # kept, missed, (unreached) x2
