@@ -96,6 +96,10 @@ def main() -> None:
     parser.add_argument(
         "--temperature", type=float, default=0.0, help="0: greedy; else seeded sampling"
     )
+    parser.add_argument(
+        "--prompt-lookup-min", type=int, default=2,
+        help="--prompt-lookup-min of the ngram engine (shortest repeat that makes a guess)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     bundle = load_model(args.model or None)
@@ -106,7 +110,11 @@ def main() -> None:
             EngineConfig(
                 model={"path": args.model, "max_model_len": 2048},
                 cache={"kv_cache_memory": "1GiB"},
-                speculative={"method": m, "disable_by_batch_size": args.disable_by_batch_size},
+                speculative={
+                    "method": m,
+                    "disable_by_batch_size": args.disable_by_batch_size,
+                    "prompt_lookup_min": args.prompt_lookup_min,
+                },
             ),
             bundle=bundle,
         )
