@@ -97,7 +97,7 @@ def main() -> None:
         "--temperature", type=float, default=0.0, help="0: greedy; else seeded sampling"
     )
     parser.add_argument(
-        "--prompt-lookup-min", type=int, default=2,
+        "--prompt-lookup-min", type=int, default=1,
         help="--prompt-lookup-min of the ngram engine (shortest repeat that makes a guess)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path)

@@ -125,7 +125,11 @@ class SpeculativeConfig(BaseModel):
         "measured step cost and the guesses' record say more would not pay)",
     )
     prompt_lookup_min: int = Field(
-        2, ge=1, description="shortest repeat of the last tokens that makes a guess"
+        1,
+        ge=1,
+        description="shortest repeat of the last tokens that makes a guess (a guess after a "
+        "lone recurring token is checked only where such guesses have been kept often enough "
+        "to pay: on Gemma 3 270M rag 1.06x against 2, on SmolLM2 seldom)",
     )
     prompt_lookup_max: int = Field(
         5, ge=1, description="longest repeat of the last tokens looked for first"

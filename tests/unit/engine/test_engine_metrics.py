@@ -42,15 +42,15 @@ def test_banner_line_says_what_speculation_runs() -> None:
     assert SpeculativeConfig().summary() == "speculative decoding: off"
     assert SpeculativeConfig(method="ngram").summary(0.284) == (
         "speculative decoding: ngram, up to 8 tokens (as many as pay: a guessed token adds "
-        "0.28 of a step, measured), prompt lookup 2..5, off above 1 running sequence"
+        "0.28 of a step, measured), prompt lookup 1..5, off above 1 running sequence"
     )
     priced = SpeculativeConfig(method="ngram", guess_cost=0.0)
     assert priced.summary() == (
         "speculative decoding: ngram, up to 8 tokens (as many as pay: a guessed token adds "
-        "0.00 of a step), prompt lookup 2..5, off above 1 running sequence"
+        "0.00 of a step), prompt lookup 1..5, off above 1 running sequence"
     )
     suffix = SpeculativeConfig(method="suffix", num_speculative_tokens=1, disable_by_batch_size=0)
     assert suffix.summary() == (
-        "speculative decoding: suffix, up to 1 token, prompt lookup 2..5 and the last "
+        "speculative decoding: suffix, up to 1 token, prompt lookup 1..5 and the last "
         "65,536 output tokens, at every batch size"
     )
