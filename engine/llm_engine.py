@@ -237,10 +237,21 @@ class LLMEngine:
             return measure_step_costs(self.backend, rows, self.config.cache.block_size, pool_tokens)
 
     def speculation_summary(self) -> str:
-        """The start-up banner's line on speculative decoding, with the measured guess cost."""
+        """The start-up banner's line on speculative decoding, with the measured guess cost,
+        and where greedy output may part from speculation off: only torch int8 on CPU sums
+        each row exactly whatever else the step feeds; other backends' float sums change with
+        a step's row count, so there a near-tie between two tokens can fall the other way."""
         spec = self.config.speculative
-        cost = self.speculator.costs.per_row if self.speculator is not None else None
-        return spec.summary(cost)
+        if self.speculator is None:
+            return spec.summary()
+        line = spec.summary(self.speculator.costs.per_row)
+        cap = self.capacity
+        if (cap.backend, cap.quantization, cap.device) != ("torch", "int8", "cpu"):
+            line += (
+                f"; on {cap.backend} {cap.quantization} ({cap.device}) greedy output can differ "
+                "from off where two tokens nearly tie (its sums change with a step's rows)"
+            )
+        return line
 
     # ---- the loop --------------------------------------------------------
     def step(self) -> list[RequestOutput]:

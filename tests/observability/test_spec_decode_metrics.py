@@ -73,7 +73,9 @@ async def test_scraped_speculation_counters_equal_the_engine_stats(
     try:
         assert (
             "speculative decoding: ngram, up to 4 tokens (as many as pay: a guessed token "
-            "adds 0.10 of a step), prompt lookup 1..5, off above 1 running sequence"
+            "adds 0.10 of a step), prompt lookup 1..5, off above 1 running sequence; on torch "
+            "none (cpu) greedy output can differ from off where two tokens nearly tie (its sums "
+            "change with a step's rows)"
         ) in [r.getMessage() for r in caplog.records]
         # fewer sequences at once than disable_by_batch_size, so every step may guess
         for prompt in PROMPTS:
