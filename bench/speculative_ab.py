@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import describe, write_report
 from bench.speculative import NEW_TOKENS, stop_strings, workloads
 from engine.api import SamplingParams
-from engine.config import EngineConfig
+from engine.config import EngineConfig, SpeculativeConfig
 from engine.llm_engine import LLMEngine
 from engine.model_source import load_model
 
@@ -97,7 +97,8 @@ def main() -> None:
         "--temperature", type=float, default=0.0, help="0: greedy; else seeded sampling"
     )
     parser.add_argument(
-        "--prompt-lookup-min", type=int, default=1,
+        "--prompt-lookup-min", type=int,
+        default=SpeculativeConfig.model_fields["prompt_lookup_min"].default,
         help="--prompt-lookup-min of the ngram engine (shortest repeat that makes a guess)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path)
